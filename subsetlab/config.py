@@ -1,0 +1,228 @@
+"""Pydantic configurations: strategies, trainer, data, model and the run spec.
+
+Every config is frozen and rejects unknown keys. Validation failures surface as
+:class:`subsetlab.errors.ConfigError` with a message naming the field, the value received, the
+rule and the fix (see :func:`validate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from subsetlab.errors import ConfigError
+
+__all__ = [
+    "FrozenConfig",
+    "StrategyConfig",
+    "EpochwiseConfig",
+    "TrainerConfig",
+    "DataConfig",
+    "ModelConfig",
+    "RunSpec",
+    "validate",
+    "format_validation_error",
+]
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class FrozenConfig(BaseModel):
+    """Base of every subsetlab config: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class StrategyConfig(FrozenConfig):
+    """Base of a strategy's config. Subclasses narrow ``name`` to a ``Literal``.
+
+    ``name`` is the discriminator: a dict with ``"name": "crest"`` validates against the
+    config class registered under ``crest``.
+    """
+
+    name: str = Field(description="Registered name of the strategy (the discriminator).")
+
+
+class EpochwiseConfig(StrategyConfig):
+    """Base config of strategies that re-select at pseudo-epoch boundaries."""
+
+    select_every: int = Field(
+        1,
+        ge=1,
+        description="Re-select every this many pseudo-epochs (R); the first selection is at "
+        "step 0.",
+    )
+
+
+def _fmt_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) if loc else "(root)"
+
+
+def format_validation_error(exc: ValidationError, title: str | None = None) -> str:
+    """Render a pydantic ``ValidationError`` as sentences naming field, value, rule and fix."""
+    title = title or exc.title
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = _fmt_loc(tuple(err.get("loc", ())))
+        value = err.get("input", None)
+        kind = err.get("type", "")
+        msg = err.get("msg", "")
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        if kind == "extra_forbidden":
+            lines.append(
+                f"{title} got an unknown parameter {loc!r} (value {shown}). Remove it or "
+                f"check its spelling; `subsetlab schema` lists the accepted parameters."
+            )
+        elif kind == "missing":
+            lines.append(f"The {loc!r} parameter of {title} is required. Add it.")
+        else:
+            lines.append(f"The {loc!r} parameter of {title}: {msg}. Got {shown} instead.")
+    return "\n".join(lines) if lines else str(exc)
+
+
+def validate(cls: type[C], data: Any, title: str | None = None) -> C:
+    """Validate ``data`` (a mapping or an instance) as ``cls``, raising :class:`ConfigError`."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{title or cls.__name__} must be given as a mapping of parameters. Got "
+            f"{type(data).__name__} {data!r:.80} instead."
+        )
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, title or cls.__name__), exc.errors(include_url=False)) from None
+
+
+class TrainerConfig(FrozenConfig):
+    """How every strategy of a comparison is trained: budget, optimiser, schedule, evaluation.
+
+    The budget is ``fraction`` of ``epochs`` full-data epochs: ``epochs`` pseudo-epochs of
+    ``ceil(fraction * N / batch_size)`` steps each, identical for every strategy.
+    """
+
+    epochs: int = Field(20, ge=1, le=100_000, description="E, reference epochs = pseudo-epochs.")
+    fraction: float = Field(0.1, gt=0.0, le=1.0, description="f, budget fraction of N per pseudo-epoch.")
+    batch_size: int = Field(128, ge=1, le=1_000_000, description="B, training mini-batch size.")
+    lr: float = Field(0.1, gt=0.0, le=100.0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    nesterov: bool = Field(False, description="Use Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="L2 weight decay.")
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, description="Linear warm-up length in pseudo-epochs (step-wise, starts at lr/warm-up steps, never 0)."
+    )
+    schedule: Literal["step", "cosine", "constant"] = Field(
+        "step", description="LR decay after warm-up: step decays, cosine to 0, or constant."
+    )
+    milestones: tuple[float, ...] = Field(
+        (0.5, 0.75),
+        description="Step schedule: decay points as fractions of the pseudo-epochs, applied "
+        "at pseudo-epoch boundaries (0.5 of 200 epochs = epoch 100).",
+    )
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="Step schedule: decay factor.")
+    eval_every: int = Field(1, ge=1, description="Evaluate on the test split every this many pseudo-epochs (and at the end).")
+    eval_batch_size: int = Field(1024, ge=1, description="Batch size of evaluation passes.")
+    embed_batch_size: int = Field(1024, ge=1, description="Batch size of the gradient embedder.")
+    embed_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Storage dtype of embeddings; float16 is used on CUDA only."
+    )
+    normalize_weights: bool = Field(
+        True, description="Rescale each selection's weights to mean 1 before training on it."
+    )
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="'auto' picks CUDA when present.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Write a checkpoint every this many pseudo-epochs (needs a checkpoint path)."
+    )
+    max_seconds: float | None = Field(None, gt=0, description="Abort a run that takes longer than this (recorded as failed).")
+
+    @field_validator("milestones")
+    @classmethod
+    def _check_milestones(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not (0.0 < m < 1.0) for m in v) or list(v) != sorted(v):
+            raise ValueError("milestones must be increasing fractions in (0, 1), e.g. [0.5, 0.75]")
+        return v
+
+    @model_validator(mode="after")
+    def _check_nesterov(self) -> TrainerConfig:
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0; set momentum (e.g. 0.9) or nesterov=false")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+        return self
+
+
+class DataConfig(FrozenConfig):
+    """Which data set to load and how to split and preprocess it."""
+
+    name: str = Field("digits", min_length=1, description="Dataset name (see `subsetlab list`).")
+    root: str | None = Field(None, description="Directory of the data files (dataset-specific default).")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the training data held out as a seeded validation split."
+    )
+    n_train: int | None = Field(None, ge=1, description="Keep only this many training examples (seeded, stratified).")
+    normalize: bool = Field(True, description="Standardise features with training-split statistics.")
+    augment: bool = Field(False, description="Random crop and flip of training batches (image data).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Dataset-specific options.")
+
+
+class ModelConfig(FrozenConfig):
+    """Which network to build. Its last module must be an ``nn.Linear``."""
+
+    name: str = Field("mlp", min_length=1, description="Model name (see `subsetlab list`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Model-specific options (widths...).")
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class RunSpec(FrozenConfig):
+    """Everything that defines one run. A run is a pure function of its spec.
+
+    ``key`` is a hash of the spec's canonical JSON; environment details (device, threads,
+    versions) are not part of it.
+    """
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    strategy: SerializeAsAny[StrategyConfig]
+    seed: int = Field(0, ge=0, lt=2**63)
+    label: str | None = Field(None, description="Display name in reports (defaults to the strategy name).")
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_config(cls, v: Any) -> Any:
+        from subsetlab import registry
+
+        if isinstance(v, StrategyConfig):
+            return v
+        return registry.make_config(v)
+
+    @property
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of the spec (ignores ``label`` and the device)."""
+        d = self.model_dump(mode="json", exclude={"label"})
+        d["trainer"].pop("device", None)
+        d["trainer"].pop("max_seconds", None)
+        d["trainer"].pop("checkpoint_every", None)
+        return hashlib.sha256(_canonical(d).encode()).hexdigest()[:16]
+
+    @property
+    def display_name(self) -> str:
+        """Label shown in reports."""
+        return self.label or self.strategy.name

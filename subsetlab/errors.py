@@ -1,0 +1,93 @@
+"""The one small exception tree of subsetlab.
+
+Every error the library raises on purpose derives from :class:`SubsetlabError` and, where it
+fits, from the matching built-in (``ValueError``, ``KeyError``, ``ImportError``...), so callers
+can catch either the library's class or the built-in they already expect.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SubsetlabError",
+    "ConfigError",
+    "RegistryError",
+    "DuplicateStrategyError",
+    "UnknownStrategyError",
+    "DataError",
+    "MissingDataError",
+    "SelectionError",
+    "TrainingDiverged",
+    "StrategyFailure",
+    "MissingDependencyError",
+]
+
+
+class SubsetlabError(Exception):
+    """Base class of every error subsetlab raises on purpose."""
+
+
+class ConfigError(SubsetlabError, ValueError):
+    """A configuration (strategy, trainer, data, model, suite) failed validation.
+
+    The message names the field, the value received, the rule and how to fix it.
+    ``errors`` holds pydantic's structured error list when the error came from pydantic.
+    """
+
+    def __init__(self, message: str, errors: list | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class RegistryError(SubsetlabError, ValueError):
+    """Base class of strategy-registry errors."""
+
+
+class DuplicateStrategyError(RegistryError):
+    """A strategy name was registered twice."""
+
+
+class UnknownStrategyError(RegistryError, KeyError):
+    """A strategy name is not registered; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(SubsetlabError, ValueError):
+    """A dataset is malformed (bad labels, non-finite features, empty split...)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """Dataset files are missing; the message says where we looked and how to get them."""
+
+
+class SelectionError(SubsetlabError, ValueError):
+    """A strategy returned an invalid selection (indices out of range, bad weights...)."""
+
+
+class TrainingDiverged(SubsetlabError, ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class StrategyFailure(SubsetlabError, RuntimeError):
+    """An exception raised inside a strategy hook, re-raised naming the strategy."""
+
+    def __init__(self, message: str, strategy: str) -> None:
+        super().__init__(message)
+        self.strategy = strategy
+
+
+class MissingDependencyError(SubsetlabError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def missing_dependency(module: str, extra: str) -> MissingDependencyError:
+    """Build the error raised when the optional ``module`` from extra ``extra`` is missing."""
+    return MissingDependencyError(
+        f"This feature needs the optional dependency {module!r}. "
+        f"Install it with: pip install 'subsetlab[{extra}]'"
+    )

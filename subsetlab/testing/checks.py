@@ -1,0 +1,316 @@
+"""Named conformance checks every strategy (built-in or third-party) must pass.
+
+Use them as a function::
+
+    from subsetlab.testing import check_strategy
+    check_strategy("my-method")               # raises AssertionError naming the failed check
+
+or as a pytest base class (one test per check, readable ids)::
+
+    from subsetlab.testing import StrategyConformance
+
+    class TestMyMethod(StrategyConformance):
+        strategy = {"name": "my-method", "k": 3}
+        known_failures = {"check_deterministic": "uses wall-clock time on purpose"}
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from subsetlab import registry
+from subsetlab.config import StrategyConfig, TrainerConfig
+from subsetlab.data.base import DataSplits, IndexedDataset
+from subsetlab.errors import ConfigError
+from subsetlab.protocol import Budget, Selection, SelectionStrategy
+from subsetlab.seeding import torch_generator
+
+__all__ = [
+    "TinyProblem",
+    "tiny_problem",
+    "tiny_model",
+    "CHECKS",
+    "iter_checks",
+    "check_strategy",
+    "CheckReport",
+]
+
+StrategySpec = str | dict | StrategyConfig
+
+
+@dataclass(frozen=True)
+class TinyProblem:
+    """Sizes of the tiny classification problem the checks run on."""
+
+    n_train: int = 240
+    n_val: int = 60
+    n_test: int = 80
+    dim: int = 8
+    classes: int = 4
+    epochs: int = 3
+    fraction: float = 0.25
+    batch_size: int = 16
+
+
+def tiny_problem(seed: int = 0, problem: TinyProblem = TinyProblem()) -> DataSplits:
+    """Separable Gaussian blobs: a deterministic, fast data set for checks and tests."""
+    g = torch_generator(seed, "tiny-problem")
+    centers = torch.randn(problem.classes, problem.dim, generator=g) * 2.5
+
+    def make(n: int, name: str) -> IndexedDataset:
+        y = torch.arange(n) % problem.classes
+        y = y[torch.randperm(n, generator=g)]
+        x = centers[y] + torch.randn(n, problem.dim, generator=g)
+        return IndexedDataset(x, y, problem.classes, name)
+
+    return DataSplits(make(problem.n_train, "tiny-train"), make(problem.n_val, "tiny-val"), make(problem.n_test, "tiny-test"))
+
+
+def tiny_model(seed: int = 0, problem: TinyProblem = TinyProblem()) -> nn.Module:
+    """A two-layer MLP for :func:`tiny_problem`, initialised from ``seed`` without touching global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(problem.dim, 16), nn.ReLU(), nn.Linear(16, problem.classes))
+
+
+def tiny_trainer_config(problem: TinyProblem = TinyProblem(), **overrides: Any) -> TrainerConfig:
+    """The trainer config of the checks: CPU, a few pseudo-epochs, tiny batches."""
+    base = dict(
+        epochs=problem.epochs,
+        fraction=problem.fraction,
+        batch_size=problem.batch_size,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        device="cpu",
+        eval_batch_size=256,
+    )
+    base.update(overrides)
+    return TrainerConfig(**base)
+
+
+def _config(spec: StrategySpec) -> StrategyConfig:
+    return registry.make_config(spec)
+
+
+def _fit(spec: StrategySpec, seed: int = 0, **kw: Any):
+    from subsetlab.trainer import Trainer
+
+    problem = TinyProblem()
+    trainer = Trainer(tiny_trainer_config(problem), **kw.pop("trainer_kw", {}))
+    strategy = registry.create(_config(spec))
+    return trainer.fit(strategy, tiny_model(seed, problem), tiny_problem(seed, problem), seed, **kw), strategy
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_config_json_roundtrip(spec: StrategySpec) -> None:
+    """The config survives JSON serialisation unchanged and validates through the registry."""
+    cfg = _config(spec)
+    again = type(cfg).model_validate_json(cfg.model_dump_json())
+    assert again == cfg, f"config changed in a JSON round trip: {cfg!r} -> {again!r}"
+    via_registry = registry.make_config(cfg.model_dump(mode="json"))
+    assert via_registry == cfg, "registry.make_config(dict) does not reproduce the config"
+
+
+def check_config_rejects_unknown_keys(spec: StrategySpec) -> None:
+    """An unknown key raises ConfigError naming it; the config is frozen."""
+    cfg = _config(spec)
+    bad = {**cfg.model_dump(), "definitely_not_a_parameter": 1}
+    try:
+        registry.make_config(bad)
+    except ConfigError as exc:
+        assert "definitely_not_a_parameter" in str(exc), f"the error does not name the key: {exc}"
+    else:
+        raise AssertionError("an unknown config key was accepted")
+    try:
+        cfg.name = "other"
+    except ValueError:  # pydantic's ValidationError for frozen instances
+        pass
+    else:
+        raise AssertionError("the config is not frozen")
+
+
+def _first_selection(spec: StrategySpec, seed: int) -> Selection:
+    from subsetlab.embeddings import GradientEmbedder
+    from subsetlab.protocol import DistView, SelectionContext, TrainState, WorkMeters
+
+    problem = TinyProblem()
+    data = tiny_problem(seed, problem)
+    model = tiny_model(seed, problem)
+    strategy = registry.create(_config(spec))
+    budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities.budget)
+    ctx = SelectionContext(
+        train=data.train,
+        val=data.val,
+        model=model,
+        loss_fn=lambda z, y: nn.functional.cross_entropy(z, y, reduction="none"),
+        embedder=GradientEmbedder(model, "cpu"),
+        device=torch.device("cpu"),
+        generator=torch_generator(seed, "strategy"),
+        seed=seed,
+        budget=budget,
+        dist=DistView(),
+        meters=WorkMeters(),
+    )
+    strategy.setup(ctx)
+    state = TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.05, model, 0)
+    return strategy.select(state)
+
+
+def check_selection_valid(spec: StrategySpec) -> None:
+    """``select`` returns int64 in-range indices and finite positive weights of equal length."""
+    sel = _first_selection(spec, 0)
+    assert isinstance(sel, Selection), f"select() returned {type(sel).__name__}, not Selection"
+    assert sel.indices.dtype == torch.int64, f"indices dtype {sel.indices.dtype} is not int64"
+    assert sel.indices.dim() == 1 and sel.indices.shape == sel.weights.shape, "indices/weights shapes differ"
+    n = TinyProblem().n_train
+    assert len(sel) > 0 and int(sel.indices.min()) >= 0 and int(sel.indices.max()) < n, "indices out of range"
+    assert bool(torch.isfinite(sel.weights).all()) and bool((sel.weights > 0).all()), "weights not finite and > 0"
+    sel.validate(n, "check")
+    if sel.batches is not None:
+        covered = torch.cat(sel.batches)
+        assert int(covered.min()) >= 0 and int(covered.max()) < len(sel), "batch plan positions out of range"
+
+
+def check_deterministic(spec: StrategySpec) -> None:
+    """The same seed gives identical selections and final weights; a fit is reproducible."""
+    a, b = _first_selection(spec, 3), _first_selection(spec, 3)
+    assert torch.equal(a.indices, b.indices), "the same seed selected different indices"
+    assert torch.equal(a.weights, b.weights), "the same seed gave different weights"
+    r1, _ = _fit(spec, seed=1)
+    r2, _ = _fit(spec, seed=1)
+    assert r1.ok and r2.ok, f"run failed: {r1.error or r2.error}"
+    assert r1.metrics == r2.metrics, f"same seed, different metrics: {r1.metrics} vs {r2.metrics}"
+    assert [s["size"] for s in r1.selections["log"]] == [s["size"] for s in r2.selections["log"]]
+
+
+def check_respects_budget(spec: StrategySpec) -> None:
+    """Every run trains exactly E*S steps of the shared schedule and backprops what it reports."""
+    problem = TinyProblem()
+    result, strategy = _fit(spec)
+    assert result.ok, f"run failed: {result.error}"
+    budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities.budget)
+    assert result.work["steps"] == budget.total_steps, (
+        f"trained {result.work['steps']} steps, budget is {budget.total_steps}"
+    )
+    assert result.work["backprop_examples"] <= budget.total_steps * problem.batch_size, (
+        f"backpropagated {result.work['backprop_examples']} examples, more than "
+        f"{budget.total_steps} steps x batch {problem.batch_size}"
+    )
+    assert result.selections["count"] >= 1
+    assert len(result.history) == problem.epochs, "one evaluation per pseudo-epoch expected"
+
+
+def check_state_dict_roundtrip(spec: StrategySpec) -> None:
+    """``state_dict`` saves with ``torch.save`` and loads with ``weights_only=True``; a resumed
+    run ends with the same weights as an uninterrupted one."""
+    import tempfile
+    from pathlib import Path
+
+    from subsetlab.trainer import Trainer
+
+    sel_strategy = registry.create(_config(spec))
+    buf = io.BytesIO()
+    torch.save(sel_strategy.state_dict(), buf)
+    buf.seek(0)
+    sel_strategy.load_state_dict(torch.load(buf, weights_only=True))
+
+    problem = TinyProblem()
+    cfg = tiny_trainer_config(problem, checkpoint_every=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "run.ckpt"
+        full_model = tiny_model(0, problem)
+        full = Trainer(cfg).fit(registry.create(_config(spec)), full_model, tiny_problem(0, problem), 0)
+        S = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, sel_strategy.capabilities.budget).steps_per_epoch
+        part_model = tiny_model(0, problem)
+        Trainer(cfg, checkpoint_path=path).fit(
+            registry.create(_config(spec)), part_model, tiny_problem(0, problem), 0, run_key="k", stop_after_steps=S + 1
+        )
+        assert path.exists(), "no checkpoint was written"
+        resumed_model = tiny_model(0, problem)
+        resumed = Trainer(cfg, checkpoint_path=path).fit(
+            registry.create(_config(spec)), resumed_model, tiny_problem(0, problem), 0, run_key="k"
+        )
+    assert full.ok and resumed.ok, f"run failed: {full.error or resumed.error}"
+    for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), f"resumed run ended with different weights in {k}"
+    assert full.selections["count"] == resumed.selections["count"], "resumed run made a different number of selections"
+
+
+def check_works_on_cpu_tiny_model(spec: StrategySpec) -> None:
+    """A full run on CPU with a tiny model finishes with finite metrics better than chance."""
+    result, _ = _fit(spec)
+    assert result.ok, f"run failed: {result.error}"
+    acc = result.metrics["final_acc"]
+    assert math.isfinite(acc) and acc > 1.0 / TinyProblem().classes, f"final accuracy {acc} not above chance"
+    for key in ("total", "train", "select", "eval"):
+        assert result.timings[key] >= 0.0
+
+
+CHECKS: dict[str, Callable[[StrategySpec], None]] = {
+    f.__name__: f
+    for f in (
+        check_config_json_roundtrip,
+        check_config_rejects_unknown_keys,
+        check_selection_valid,
+        check_deterministic,
+        check_respects_budget,
+        check_state_dict_roundtrip,
+        check_works_on_cpu_tiny_model,
+    )
+}
+
+
+def iter_checks(spec: StrategySpec) -> Iterator[tuple[str, Callable[[], None]]]:
+    """Yield ``(check_name, thunk)`` for every check, bound to ``spec``."""
+    for name, fn in CHECKS.items():
+        yield name, (lambda fn=fn: fn(spec))
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :func:`check_strategy`: ``passed`` names and ``failed`` name -> message."""
+
+    passed: list[str]
+    failed: dict[str, str]
+
+
+def check_strategy(
+    spec: StrategySpec | type[SelectionStrategy],
+    *,
+    known_failures: dict[str, str] | None = None,
+    raise_on_failure: bool = True,
+) -> CheckReport:
+    """Run every conformance check on a registered strategy.
+
+    Args:
+        spec: Name, ``"name[k=v]"``, config mapping, config, or the strategy class itself.
+        known_failures: ``check name -> reason`` for checks expected to fail (not run).
+        raise_on_failure: Raise ``AssertionError`` listing the failures (default).
+    """
+    if isinstance(spec, type):
+        spec = spec.name
+    known = known_failures or {}
+    passed, failed = [], {}
+    for name, thunk in iter_checks(spec):
+        if name in known:
+            continue
+        try:
+            thunk()
+        except Exception as exc:  # noqa: BLE001 - report every failing check
+            failed[name] = f"{type(exc).__name__}: {exc}"
+        else:
+            passed.append(name)
+    if failed and raise_on_failure:
+        lines = "\n".join(f"  {k}: {v}" for k, v in failed.items())
+        raise AssertionError(f"Strategy {spec!r} failed {len(failed)} conformance check(s):\n{lines}")
+    return CheckReport(passed, failed)

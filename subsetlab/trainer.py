@@ -1,0 +1,597 @@
+"""The one training loop every strategy runs under.
+
+The trainer owns the budget, the weighted loss, the optimiser, the LR schedule, evaluation,
+timing, checkpoints and failure handling; a strategy only answers ``should_select`` and
+``select`` (see :mod:`subsetlab.protocol`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from subsetlab.config import TrainerConfig
+from subsetlab.data.base import DataSplits, IndexedDataset
+from subsetlab.embeddings import GradientEmbedder
+from subsetlab.errors import (
+    DataError,
+    SelectionError,
+    StrategyFailure,
+    SubsetlabError,
+    TrainingDiverged,
+)
+from subsetlab.protocol import (
+    Budget,
+    DistView,
+    Selection,
+    SelectionContext,
+    SelectionStrategy,
+    StepInfo,
+    TrainState,
+    WorkMeters,
+    _sync,
+)
+from subsetlab.schedule import lr_at
+from subsetlab.seeding import derive_seed, torch_generator
+
+__all__ = [
+    "Trainer",
+    "RunResult",
+    "BatchStream",
+    "evaluate",
+    "resolve_device",
+    "weighted_loss",
+    "CHECKPOINT_FORMAT",
+    "jsonable",
+]
+
+CHECKPOINT_FORMAT = 1
+#: Datasets smaller than this are copied to the accelerator once instead of per batch.
+DEVICE_DATA_LIMIT = 2 * 1024**3
+
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+
+class RunTimeout(SubsetlabError, TimeoutError):
+    """A run exceeded ``TrainerConfig.max_seconds``."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available (then MPS), else CPU; other values as given."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device={device!r} was requested but CUDA is not available; use device='auto' or 'cpu'.")
+    return dev
+
+
+def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The training objective of one batch: ``mean_i(w_i * loss_i)``."""
+    return (weights * losses).mean()
+
+
+def evaluate(model: nn.Module, dataset: IndexedDataset, device: torch.device, batch_size: int = 1024) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``dataset`` (eval mode, no grad)."""
+    was = model.training
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, len(dataset)
+    try:
+        with torch.no_grad():
+            for s in range(0, n, batch_size):
+                idx = torch.arange(s, min(n, s + batch_size))
+                x, y = dataset.get(idx)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                z = model(x).float()
+                loss_sum += float(F.cross_entropy(z, y, reduction="sum"))
+                correct += int((z.argmax(1) == y).sum())
+    finally:
+        model.train(was)
+    return (correct / n, loss_sum / n) if n else (float("nan"), float("nan"))
+
+
+class BatchStream:
+    """Turns a :class:`Selection` into an endless sequence of mini-batches (positions).
+
+    With a batch plan, the plan's batches are served in a fresh random order on every pass.
+    Without one, rows are served from back-to-back random permutations, ``min(B, k)`` at a time,
+    so every step trains on exactly the same number of examples.
+    """
+
+    def __init__(self, selection: Selection, batch_size: int, generator: torch.Generator) -> None:
+        self.selection = selection
+        self.batch_size = min(batch_size, len(selection))
+        self.generator = generator
+        self.order: torch.Tensor | None = None
+        self.cursor = 0
+
+    def _refill(self) -> None:
+        n = len(self.selection.batches) if self.selection.batches is not None else len(self.selection)
+        self.order = torch.randperm(n, generator=self.generator)
+        self.cursor = 0
+
+    def next(self) -> torch.Tensor:
+        """Positions (into the selection) of the next mini-batch."""
+        plan = self.selection.batches
+        if plan is not None:
+            if self.order is None or self.cursor >= len(plan):
+                self._refill()
+            b = plan[int(self.order[self.cursor])]
+            self.cursor += 1
+            return b
+        parts, need = [], self.batch_size
+        while need:
+            if self.order is None or self.cursor >= len(self.order):
+                self._refill()
+            take = self.order[self.cursor : self.cursor + need]
+            self.cursor += int(take.shape[0])
+            need -= int(take.shape[0])
+            parts.append(take)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state."""
+        return {"order": self.order, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.order, self.cursor = state["order"], int(state["cursor"])
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced; ``to_dict()`` is what the results store writes.
+
+    Attributes:
+        strategy: Strategy name.
+        status: ``"ok"`` or ``"failed"``.
+        error: Failure reason (None when ok).
+        failed_step: Step at which the run failed, if it did.
+        metrics: ``final_acc``, ``best_acc``, ``final_loss`` on the test split.
+        history: One row per evaluation: ``epoch``, ``step``, ``lr``, ``train_loss``,
+            ``test_acc``, ``test_loss``, ``wall`` (seconds since start), ``selections``.
+        timings: Wall seconds: ``total``, ``train`` (training steps), ``select`` (every
+            strategy hook), ``eval``, ``checkpoint``, ``other``; ``strategy`` holds the
+            strategy's own components.
+        work: ``steps``, ``backprop_examples`` (the budget), the strategy's extra
+            ``forward_examples``, ``backward_examples``, ``hvp_examples``.
+        selections: ``count``, ``sizes``, and ``log`` (one entry per selection: ``step``,
+            ``epoch``, ``size``, ``unique``, ``seconds``, ``diagnostics``).
+        series: Time series the strategy recorded (``name -> [(step, value), ...]``).
+        budget: The :class:`~subsetlab.protocol.Budget` as a dict.
+        peak_memory_bytes: Peak accelerator memory, or the process's peak RSS on CPU.
+    """
+
+    strategy: str
+    status: str = "ok"
+    error: str | None = None
+    failed_step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, Any] = field(default_factory=dict)
+    work: dict[str, int] = field(default_factory=dict)
+    selections: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, list] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    peak_memory_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the run finished."""
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+
+class Trainer:
+    """Train a model under a strategy with a fixed budget and schedule.
+
+    Args:
+        config: The :class:`~subsetlab.config.TrainerConfig`.
+        checkpoint_path: Where to write checkpoints (every ``config.checkpoint_every``
+            pseudo-epochs) and resume from.
+        progress: Optional callback ``progress(step_done, total_steps, info)`` called after
+            every step; ``info`` carries ``loss`` and, at evaluations, ``test_acc``.
+        dist: The distributed view (single process by default).
+    """
+
+    def __init__(
+        self,
+        config: TrainerConfig | None = None,
+        *,
+        checkpoint_path: str | os.PathLike | None = None,
+        progress: Progress | None = None,
+        dist: DistView | None = None,
+    ) -> None:
+        self.config = config or TrainerConfig()
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.progress = progress
+        self.dist = dist or DistView()
+
+    # ------------------------------------------------------------------ public
+    def fit(
+        self,
+        strategy: SelectionStrategy,
+        model: nn.Module,
+        data: DataSplits,
+        seed: int = 0,
+        *,
+        run_key: str = "",
+        resume: bool = True,
+        stop_after_steps: int | None = None,
+    ) -> RunResult:
+        """Train ``model`` on ``data.train`` under ``strategy``; return a :class:`RunResult`.
+
+        Divergence (NaN/inf loss), a failing strategy hook, an invalid selection and a timeout
+        end the run with ``status="failed"`` and the reason; nothing is raised for those.
+        Invalid inputs (missing validation split for a strategy that needs one, bad device)
+        raise before training starts.
+
+        Args:
+            strategy: A strategy instance (fresh: ``setup`` is called here).
+            model: The model, initialised (the same initial weights for every strategy).
+            data: Train / val / test splits.
+            seed: Run seed; batches, augmentation and the strategy's generator derive from it.
+            run_key: Identifies the run in checkpoints (a checkpoint of another run is ignored).
+            resume: Resume from ``checkpoint_path`` when a matching checkpoint exists.
+            stop_after_steps: Stop (as if interrupted) after this many global steps; for tests
+                of checkpoint/resume.
+        """
+        cfg = self.config
+        caps = strategy.capabilities
+        name = strategy.name
+        if caps.needs_validation and (data.val is None or len(data.val) == 0):
+            raise DataError(
+                f"Strategy {name!r} needs a validation split, but the data has none. Set "
+                f"data.val_fraction > 0 (e.g. 0.1)."
+            )
+        if self.dist.world_size > 1 and not caps.supports_distributed:
+            raise SelectionError(
+                f"Strategy {name!r} does not support distributed training "
+                f"(world size {self.dist.world_size}); run it in a single process."
+            )
+        device = resolve_device(cfg.device)
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(derive_seed(seed, "torch-global"))
+            return self._fit(strategy, model, data, seed, device, run_key, resume, stop_after_steps)
+
+    # ----------------------------------------------------------------- internals
+    def _fit(self, strategy, model, data, seed, device, run_key, resume, stop_after_steps) -> RunResult:
+        cfg = self.config
+        name = strategy.name
+        t_start = time.perf_counter()
+        on_device = device.type != "cpu" and data.train.nbytes() < DEVICE_DATA_LIMIT
+        train = data.train.to(device) if on_device else data.train
+        val = data.val.to(device) if (on_device and data.val is not None) else data.val
+        test = data.test.to(device) if on_device else data.test
+        budget = Budget.make(len(train), cfg.fraction, cfg.batch_size, cfg.epochs, strategy.capabilities.budget)
+        S, total = budget.steps_per_epoch, budget.total_steps
+        model.to(device)
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )
+        dtype = torch.float16 if cfg.embed_dtype == "float16" else torch.float32
+        meters = WorkMeters(device)
+        gens = {
+            "strategy": torch_generator(seed, "strategy"),
+            "batches": torch_generator(seed, "batches"),
+            "augment": torch_generator(seed, "augment"),
+        }
+        ctx = SelectionContext(
+            train=train,
+            val=val,
+            model=model,
+            loss_fn=lambda z, y: F.cross_entropy(z, y, reduction="none"),
+            embedder=GradientEmbedder(model, device, cfg.embed_batch_size, dtype),
+            device=device,
+            generator=gens["strategy"],
+            seed=seed,
+            budget=budget,
+            dist=self.dist,
+            meters=meters,
+        )
+        result = RunResult(strategy=name, budget=asdict(budget))
+        times = {"train": 0.0, "select": 0.0, "eval": 0.0, "checkpoint": 0.0}
+        counters = {"backprop_examples": 0, "steps": 0}
+        history: list[dict[str, Any]] = []
+        sel_log: list[dict[str, Any]] = []
+        state = TrainState(0, 0, S, total, cfg.lr, model, 0)
+        selection: Selection | None = None
+        stream: BatchStream | None = None
+        start_step, elapsed_before = 0, 0.0
+        loss_sum, loss_n = 0.0, 0
+        step = 0
+        try:
+            self._hook(name, "setup", strategy.setup, ctx)
+            ckpt = self._load_checkpoint(run_key, device) if resume else None
+            if ckpt is not None:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                self._hook(name, "load_state_dict", strategy.load_state_dict, ckpt["strategy"])
+                for k, g in gens.items():
+                    g.set_state(ckpt["generators"][k])
+                torch.set_rng_state(ckpt["torch_rng"])
+                meters.load_state_dict(ckpt["meters"])
+                s = ckpt["selection"]
+                if s is not None:
+                    selection = Selection(s["indices"], s["weights"], s["batches"], s["diagnostics"])
+                    stream = BatchStream(selection, cfg.batch_size, gens["batches"])
+                    stream.load_state_dict(ckpt["stream"])
+                history, sel_log = list(ckpt["history"]), list(ckpt["selection_log"])
+                times.update(ckpt["times"])
+                counters.update(ckpt["counters"])
+                start_step, elapsed_before = int(ckpt["step"]), float(ckpt["elapsed"])
+                state.selections = len(sel_log)
+            for step in range(start_step, total):
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    break
+                lr = lr_at(step, budget.schedule_steps_per_epoch, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                state.step, state.epoch, state.lr = step, step // S, lr
+
+                # --- strategy: decide and select (timed as "select")
+                _sync(device)
+                t0 = time.perf_counter()
+                if selection is None or self._hook(name, "should_select", strategy.should_select, state):
+                    selection = self._select(strategy, state, len(train), budget)
+                    stream = BatchStream(selection, cfg.batch_size, gens["batches"])
+                    state.selections += 1
+                    _sync(device)
+                    secs = time.perf_counter() - t0
+                    sel_log.append(
+                        {
+                            "step": step,
+                            "epoch": state.epoch,
+                            "size": len(selection),
+                            "unique": int(torch.unique(selection.indices).numel()),
+                            "seconds": secs,
+                            "diagnostics": jsonable(selection.diagnostics),
+                        }
+                    )
+                _sync(device)
+                t1 = time.perf_counter()
+                times["select"] += t1 - t0
+
+                # --- one weighted training step
+                pos = stream.next()
+                idx = selection.indices.index_select(0, pos)
+                w = selection.weights.index_select(0, pos).to(device, non_blocking=True)
+                x, y = train.get(idx)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if train.augment is not None:
+                    x = train.augment(x, gens["augment"])
+                model.train()
+                logits = model(x)
+                losses = F.cross_entropy(logits.float(), y, reduction="none")
+                loss = weighted_loss(losses, w)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"Training loss became {loss_value} at step {step} (pseudo-epoch "
+                        f"{state.epoch}, lr {lr:.4g}); lower the learning rate or check the data.",
+                        step,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                counters["backprop_examples"] += int(idx.shape[0])
+                counters["steps"] += 1
+                loss_sum += loss_value
+                loss_n += 1
+                _sync(device)
+                t2 = time.perf_counter()
+                times["train"] += t2 - t1
+
+                # --- strategy: per-step feedback (timed as "select")
+                info = StepInfo(
+                    idx.to(device),
+                    w,
+                    losses.detach(),
+                    (logits.detach().argmax(1) == y),
+                    loss_value,
+                )
+                self._hook(name, "on_step_end", strategy.on_step_end, state, info)
+                _sync(device)
+                times["select"] += time.perf_counter() - t2
+
+                done = step + 1
+                elapsed = elapsed_before + time.perf_counter() - t_start
+                if cfg.max_seconds is not None and elapsed > cfg.max_seconds:
+                    raise RunTimeout(f"Run exceeded max_seconds={cfg.max_seconds} at step {step}.")
+                info_d: dict[str, Any] = {"loss": loss_value}
+                if done % S == 0 or done == total:
+                    epoch = step // S
+                    if (epoch + 1) % cfg.eval_every == 0 or done == total:
+                        t3 = time.perf_counter()
+                        acc, tloss = evaluate(model, test, device, cfg.eval_batch_size)
+                        _sync(device)
+                        times["eval"] += time.perf_counter() - t3
+                        history.append(
+                            {
+                                "epoch": epoch,
+                                "step": done,
+                                "lr": lr,
+                                "train_loss": loss_sum / max(1, loss_n),
+                                "test_acc": acc,
+                                "test_loss": tloss,
+                                "wall": elapsed_before + time.perf_counter() - t_start,
+                                "selections": state.selections,
+                            }
+                        )
+                        loss_sum, loss_n = 0.0, 0
+                        info_d["test_acc"] = acc
+                    if (
+                        self.checkpoint_path is not None
+                        and cfg.checkpoint_every is not None
+                        and (epoch + 1) % cfg.checkpoint_every == 0
+                        and done < total
+                    ):
+                        t4 = time.perf_counter()
+                        self._save_checkpoint(
+                            run_key, done, model, optimizer, strategy, gens, meters, selection,
+                            stream, history, sel_log, times, counters,
+                            elapsed_before + time.perf_counter() - t_start,
+                        )
+                        times["checkpoint"] += time.perf_counter() - t4
+                if self.progress is not None and self.dist.is_main:
+                    self.progress(done, total, info_d)
+        except TrainingDiverged as exc:
+            result.status, result.error, result.failed_step = "failed", f"diverged: {exc}", exc.step
+        except (StrategyFailure, SelectionError) as exc:
+            result.status, result.error, result.failed_step = "failed", f"{type(exc).__name__}: {exc}", step
+        except RunTimeout as exc:
+            result.status, result.error, result.failed_step = "failed", f"timeout: {exc}", step
+        total_time = elapsed_before + time.perf_counter() - t_start
+        final = history[-1] if history else {}
+        result.metrics = {
+            "final_acc": final.get("test_acc", float("nan")),
+            "best_acc": max((h["test_acc"] for h in history), default=float("nan")),
+            "final_loss": final.get("test_loss", float("nan")),
+        }
+        result.history = history
+        accounted = sum(times.values())
+        result.timings = {
+            "total": total_time,
+            **times,
+            "other": max(0.0, total_time - accounted),
+            "strategy": dict(meters.seconds),
+            "strategy_counts": dict(meters.counts),
+        }
+        result.work = {
+            **counters,
+            "forward_examples": meters.forward_examples,
+            "backward_examples": meters.backward_examples,
+            "hvp_examples": meters.hvp_examples,
+        }
+        result.selections = {"count": len(sel_log), "sizes": [s["size"] for s in sel_log], "log": sel_log}
+        result.series = {k: [list(p) for p in v] for k, v in meters.series.items()}
+        result.peak_memory_bytes = _peak_memory(device)
+        return result
+
+    def _hook(self, name: str, hook: str, fn: Callable, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (SubsetlabError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            tb = traceback.format_exc(limit=-3)
+            raise StrategyFailure(
+                f"Strategy {name!r} raised {type(exc).__name__} in {hook}(): {exc}\n{tb}", name
+            ) from exc
+
+    def _select(self, strategy: SelectionStrategy, state: TrainState, n: int, budget: Budget) -> Selection:
+        sel = self._hook(strategy.name, "select", strategy.select, state)
+        if not isinstance(sel, Selection):
+            raise SelectionError(
+                f"Strategy {strategy.name!r} returned {type(sel).__name__} from select(); it "
+                f"must return a subsetlab.Selection."
+            )
+        # A selection may hold at most the whole training set per pseudo-epoch's worth of rows,
+        # counting repeats (CREST's overlapping mini-batch coresets may exceed N slightly).
+        sel = sel.validate(n, strategy.name, max_size=max(n, budget.total_steps * budget.batch_size))
+        if self.config.normalize_weights:
+            sel.weights = sel.weights * (len(sel) / sel.weights.sum())
+        return sel
+
+    # --------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, run_key, step, model, optimizer, strategy, gens, meters, selection, stream,
+                         history, sel_log, times, counters, elapsed) -> None:
+        if not self.dist.is_main:
+            return
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "run_key": run_key,
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "strategy": strategy.state_dict(),
+            "generators": {k: g.get_state() for k, g in gens.items()},
+            "torch_rng": torch.get_rng_state(),
+            "meters": meters.state_dict(),
+            "selection": None
+            if selection is None
+            else {
+                "indices": selection.indices,
+                "weights": selection.weights,
+                "batches": selection.batches,
+                "diagnostics": selection.diagnostics,
+            },
+            "stream": stream.state_dict() if stream is not None else None,
+            "history": history,
+            "selection_log": sel_log,
+            "times": dict(times),
+            "counters": dict(counters),
+            "elapsed": elapsed,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    def _load_checkpoint(self, run_key: str, device: torch.device) -> dict[str, Any] | None:
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return None
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("run_key") != run_key:
+            return None
+        for k in ("generators", "torch_rng"):
+            if k == "torch_rng":
+                ckpt[k] = ckpt[k].cpu()
+            else:
+                ckpt[k] = {n: s.cpu() for n, s in ckpt[k].items()}
+        if ckpt["selection"] is not None:
+            s = ckpt["selection"]
+            s["indices"], s["weights"] = s["indices"].cpu(), s["weights"].cpu()
+            s["batches"] = None if s["batches"] is None else [b.cpu() for b in s["batches"]]
+        if ckpt["stream"] is not None and ckpt["stream"]["order"] is not None:
+            ckpt["stream"]["order"] = ckpt["stream"]["order"].cpu()
+        return ckpt
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with tensors and NumPy values turned into Python numbers and lists."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
