@@ -14,7 +14,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from subsetlab.errors import ConfigError
 
@@ -54,14 +53,23 @@ def last_layer_grads(
             gradient followed by the flattened weight gradient (C + C*D values, row-major in
             the layout of ``weight``: ``[C, D]``).
     """
-    g = torch.softmax(logits.float(), dim=1)
+    return _grads_and_losses(logits, y, features, kind)[0]
+
+
+def _grads_and_losses(
+    logits: torch.Tensor, y: torch.Tensor, features: torch.Tensor | None, kind: Kind
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient embedding and per-example cross-entropy from one log-softmax."""
+    lsm = torch.log_softmax(logits.float(), dim=1)
+    losses = -lsm.gather(1, y.unsqueeze(1)).squeeze(1)
+    g = lsm.exp_()
     g[torch.arange(g.shape[0], device=g.device), y] -= 1.0
     if kind == "bias":
-        return g
+        return g, losses
     if features is None:
         raise ValueError("kind='bias_weight' needs the penultimate features")
     w = (g.unsqueeze(2) * features.float().unsqueeze(1)).flatten(1)
-    return torch.cat([g, w], dim=1)
+    return torch.cat([g, w], dim=1), losses
 
 
 @dataclass
@@ -207,9 +215,9 @@ class GradientEmbedder:
                     z, h = self.forward_with_features(x)
                     z = z.float()
                     e = s + idx.shape[0]
-                    g = last_layer_grads(z, y, h, kind)
+                    g, loss = _grads_and_losses(z, y, h, kind)
                     grads[s:e] = g.to(out_dev, self.dtype)
-                    losses[s:e] = F.cross_entropy(z, y, reduction="none").to(out_dev)
+                    losses[s:e] = loss.to(out_dev)
                     preds[s:e] = z.argmax(1).to(out_dev)
                     labels[s:e] = y.to(out_dev)
                     if feats is not None:

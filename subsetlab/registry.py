@@ -150,9 +150,14 @@ def load_plugins(force: bool = False) -> list[str]:
             return []
         _plugins_loaded = True
         before = set(_registry)
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        # subsetlab's own strategies first, so a plugin can never shadow a built-in name
+        eps = sorted(
+            metadata.entry_points(group=ENTRY_POINT_GROUP),
+            key=lambda e: (_dist_name(e) != "subsetlab", e.name),
+        )
+        for ep in eps:
             dist = getattr(ep, "dist", None)
-            dname = dist.metadata["Name"] if dist is not None else "unknown distribution"
+            dname = _dist_name(ep)
             dver = dist.version if dist is not None else ""
             _loading_dist = (dname, dver, ep.value)
             try:
@@ -176,6 +181,11 @@ def load_plugins(force: bool = False) -> list[str]:
             finally:
                 _loading_dist = None
         return sorted(set(_registry) - before)
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "unknown distribution"
 
 
 def _ensure_loaded() -> None:
