@@ -115,14 +115,16 @@ def register(cls: type | None = None, *, name: str | None = None) -> Any:
             if old is not None:
                 if old.cls is c:
                     if _loading_dist is not None and old.distribution == LOCAL:
-                        _registry[n] = StrategyInfo(n, c, *_loading_dist)
+                        _registry[n] = StrategyInfo(n, c, _loading_dist[0], _loading_dist[1])
                     return c
                 raise DuplicateStrategyError(
                     f"A strategy named {n!r} is already registered ({old.cls.__module__}."
                     f"{old.cls.__qualname__} from {old.distribution}); cannot register "
                     f"{c.__module__}.{c.__qualname__} under the same name. Rename one of them."
                 )
-            src = _loading_dist or (LOCAL, "", None)
+            # the entry point itself is recorded by load_plugins for its own target only: a
+            # plugin module may import (and so register) other strategies while it loads
+            src = _loading_dist[:2] if _loading_dist is not None else (LOCAL, "")
             _registry[n] = StrategyInfo(n, c, *src)
         return c
 
@@ -162,8 +164,13 @@ def load_plugins(force: bool = False) -> list[str]:
             _loading_dist = (dname, dver, ep.value)
             try:
                 obj = ep.load()
-                if isinstance(obj, type) and ep.name not in _registry:
-                    register(obj, name=getattr(obj, "name", ep.name))
+                if isinstance(obj, type):
+                    reg_name = getattr(obj, "name", ep.name)
+                    if reg_name not in _registry:
+                        register(obj, name=reg_name)
+                    entry = _registry.get(reg_name)
+                    if entry is not None and entry.cls is obj:
+                        _registry[reg_name] = StrategyInfo(reg_name, obj, dname, dver, ep.value)
             except DuplicateStrategyError as exc:
                 warnings.warn(
                     f"Strategy plugin {ep.name!r} from distribution {dname!r} {dver} was not "

@@ -1,0 +1,94 @@
+"""Side-by-side benchmarking: suites (TOML), the runner, the results store, reports and plots.
+
+Typical use::
+
+    from subsetlab.bench import load_suite, run_suite, write_report, make_plots
+
+    suite = load_suite("benchmarks/suites/quick.toml").with_overrides(seeds=[0, 1])
+    outcome = run_suite(suite, "runs/quick/results.jsonl", workers=2)
+    write_report("runs/quick/results.jsonl", "runs/quick")
+    make_plots("runs/quick/results.jsonl", "runs/quick")
+
+The names below are imported on first access, so ``import subsetlab.bench`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Suite": "subsetlab.bench.suite",
+    "StrategyEntry": "subsetlab.bench.suite",
+    "load_suite": "subsetlab.bench.suite",
+    "load_default_suite": "subsetlab.bench.suite",
+    "run_suite": "subsetlab.bench.runner",
+    "execute_run": "subsetlab.bench.runner",
+    "SuiteOutcome": "subsetlab.bench.runner",
+    "Executor": "subsetlab.bench.runner",
+    "SequentialExecutor": "subsetlab.bench.runner",
+    "LocalProcessExecutor": "subsetlab.bench.runner",
+    "Reporter": "subsetlab.bench.runner",
+    "ResultsStore": "subsetlab.bench.store",
+    "ResultsWarning": "subsetlab.bench.store",
+    "read_records": "subsetlab.bench.store",
+    "aggregate": "subsetlab.bench.report",
+    "write_report": "subsetlab.bench.report",
+    "to_markdown": "subsetlab.bench.report",
+    "make_plots": "subsetlab.bench.plots",
+}
+
+__all__ = [
+    "Executor",
+    "LocalProcessExecutor",
+    "Reporter",
+    "ResultsStore",
+    "ResultsWarning",
+    "SequentialExecutor",
+    "StrategyEntry",
+    "Suite",
+    "SuiteOutcome",
+    "aggregate",
+    "execute_run",
+    "load_default_suite",
+    "load_suite",
+    "make_plots",
+    "read_records",
+    "run_suite",
+    "to_markdown",
+    "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'subsetlab.bench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from subsetlab.bench.plots import make_plots
+    from subsetlab.bench.report import aggregate, to_markdown, write_report
+    from subsetlab.bench.runner import (
+        Executor,
+        LocalProcessExecutor,
+        Reporter,
+        SequentialExecutor,
+        SuiteOutcome,
+        execute_run,
+        run_suite,
+    )
+    from subsetlab.bench.store import ResultsStore, ResultsWarning, read_records
+    from subsetlab.bench.suite import (
+        StrategyEntry,
+        Suite,
+        load_default_suite,
+        load_suite,
+    )

@@ -1,0 +1,416 @@
+"""Tables derived from a results file: mean ± std over seeds per dataset, model, budget, strategy.
+
+Every number comes from the records (see :mod:`subsetlab.bench.store`); nothing is edited by
+hand. Per group of runs that differ only by seed, :func:`aggregate` reports:
+
+- ``acc``: final test accuracy, %;
+- ``rel_err``: relative error against full data, ``(acc_full - acc) / acc_full`` in %, computed
+  per seed against the full-data run of the same dataset, model, trainer setting (all but the
+  budget fraction) and seed, then averaged;
+- ``wall_s``: wall seconds of the run; ``speedup``: full-data wall / run wall, per seed;
+- ``select_s`` and ``select_share`` (% of wall): time in the strategy's hooks;
+- ``nontrain_share``: ``(total - train) / total`` in %, time outside training steps;
+- ``selections``: number of selections;
+- ``extra_forward`` and ``extra_backward_hvp``: the strategy's extra forward and backward+HVP
+  examples, also as multiples of the run's backprop examples (``..._x``);
+- ``seeds`` (ok runs) and ``failed`` (runs whose latest record failed).
+
+The std is the sample standard deviation (ddof = 1); with a single seed it is undefined and
+left out. When a key was recorded more than once (a failed run retried), its latest record
+counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from subsetlab.bench.store import latest_by_key, read_records
+
+__all__ = [
+    "METRICS",
+    "ReportRow",
+    "RunView",
+    "Stat",
+    "aggregate",
+    "load_runs",
+    "run_views",
+    "to_csv",
+    "to_markdown",
+    "write_report",
+]
+
+FULL = "full"
+#: Trainer fields that do not change what is computed (left out of the "setting").
+_NOT_SETTING = ("fraction", "device", "max_seconds", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (None with fewer than two values) of ``n`` values."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat:
+        """Statistics of the finite values among ``values``."""
+        xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        if not xs:
+            return cls(None, None, 0)
+        return cls(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs))
+
+    def fmt(self, digits: int = 2, suffix: str = "") -> str:
+        """``"mean ± std"`` (or ``"mean"``, or ``"—"`` when empty)."""
+        if self.mean is None:
+            return "—"
+        s = f"{self.mean:.{digits}f}{suffix}"
+        return s if self.std is None else f"{s} ± {self.std:.{digits}f}"
+
+
+def _canon(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _short(text: str, n: int = 6) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+@dataclass
+class RunView:
+    """One record flattened for aggregation (internal ids are canonical JSON strings).
+
+    Attributes:
+        key: Run key.
+        status: ``ok`` or ``failed``.
+        label: Strategy label (display name).
+        strategy: Strategy name.
+        seed: Run seed.
+        budget: Budget fraction (1.0 for the full-data run).
+        data_id: Canonical JSON of the data config.
+        model_id: Canonical JSON of the model config.
+        setting_id: Canonical JSON of the trainer config without the budget and device.
+        dataset: Data set display name.
+        model: Model display name.
+        setting: Trainer setting display name ("" when the records hold one setting).
+        acc: Final test accuracy in %, or None.
+        timings: Wall seconds ``total``, ``train``, ``select``, ``eval``.
+        work: ``backprop_examples``, ``forward_examples``, ``backward_examples``,
+            ``hvp_examples``.
+        selections: Number of selections.
+        history: Per-evaluation rows of the run (epoch, test_acc, wall...).
+    """
+
+    key: str
+    status: str
+    label: str
+    strategy: str
+    seed: int
+    budget: float
+    data_id: str
+    model_id: str
+    setting_id: str
+    dataset: str = ""
+    model: str = ""
+    setting: str = ""
+    acc: float | None = None
+    timings: dict[str, float | None] = field(default_factory=dict)
+    work: dict[str, float | None] = field(default_factory=dict)
+    selections: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_full(self) -> bool:
+        """True for the full-data reference run."""
+        return self.strategy == FULL
+
+    @property
+    def panel(self) -> tuple[str, str, str]:
+        """The (data, model, setting) ids a comparison is made within."""
+        return (self.data_id, self.model_id, self.setting_id)
+
+
+def load_runs(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The latest record of every key in a results file."""
+    return list(latest_by_key(read_records(path)).values())
+
+
+def _view(rec: dict[str, Any]) -> RunView:
+    spec = rec.get("spec") or {}
+    trainer = dict(spec.get("trainer") or {})
+    strat = spec.get("strategy") or {}
+    name = str(strat.get("name", "?"))
+    budget = 1.0 if name == FULL else float(trainer.get("fraction", float("nan")))
+    setting = {k: v for k, v in trainer.items() if k not in _NOT_SETTING}
+    res = rec.get("result") or {}
+    t = res.get("timings") or {}
+    w = res.get("work") or {}
+    acc = _num((res.get("metrics") or {}).get("final_acc"))
+    sel = res.get("selections") or {}
+    return RunView(
+        key=str(rec.get("key")),
+        status=str(rec.get("status")),
+        label=str(spec.get("label") or name),
+        strategy=name,
+        seed=int(spec.get("seed", 0)),
+        budget=budget,
+        data_id=_canon(spec.get("data") or {}),
+        model_id=_canon(spec.get("model") or {}),
+        setting_id=_canon(setting),
+        acc=None if acc is None else 100.0 * acc,
+        timings={k: _num(t.get(k)) for k in ("total", "train", "select", "eval")},
+        work={k: _num(w.get(k)) for k in ("backprop_examples", "forward_examples", "backward_examples", "hvp_examples")},
+        selections=_num(sel.get("count")),
+        history=list(res.get("history") or []),
+    )
+
+
+def run_views(records: Iterable[dict[str, Any]]) -> list[RunView]:
+    """Flatten records (latest per key) and give datasets, models and settings display names.
+
+    A name shared by different configs gets a short hash suffix (``digits#1a2b3c``); the
+    setting column is filled only when the records hold more than one trainer setting.
+    """
+    views = [_view(r) for r in latest_by_key(records).values()]
+    for attr, src in (("dataset", "data_id"), ("model", "model_id")):
+        names: dict[str, set[str]] = {}
+        for v in views:
+            names.setdefault(json.loads(getattr(v, src)).get("name", "?"), set()).add(getattr(v, src))
+        for v in views:
+            ident = getattr(v, src)
+            name = json.loads(ident).get("name", "?")
+            setattr(v, attr, name if len(names[name]) == 1 else f"{name}#{_short(ident)}")
+    settings = {v.setting_id for v in views}
+    if len(settings) > 1:
+        for v in views:
+            s = json.loads(v.setting_id)
+            v.setting = f"E{s.get('epochs')} B{s.get('batch_size')} #{_short(v.setting_id, 4)}"
+    return views
+
+
+#: (CSV name, Markdown column title, decimals) of every metric.
+METRICS: tuple[tuple[str, str, int], ...] = (
+    ("acc", "acc %", 2),
+    ("rel_err", "rel. err. %", 2),
+    ("wall_s", "wall s", 2),
+    ("speedup", "speed-up", 2),
+    ("select_s", "select s", 2),
+    ("select_share", "select % of wall", 1),
+    ("nontrain_share", "non-train % of wall", 1),
+    ("selections", "selections", 1),
+    ("extra_forward", "extra fwd", 0),
+    ("extra_backward_hvp", "extra bwd+hvp", 0),
+    ("extra_forward_x", "extra fwd (x bp)", 2),
+    ("extra_backward_hvp_x", "extra bwd+hvp (x bp)", 2),
+    ("train_s", "train s", 2),
+    ("eval_s", "eval s", 2),
+)
+
+#: Columns of the Markdown table (the CSV has every metric).
+MD_METRICS = (
+    "acc",
+    "rel_err",
+    "wall_s",
+    "speedup",
+    "select_s",
+    "select_share",
+    "nontrain_share",
+    "selections",
+    "extra_forward_x",
+    "extra_backward_hvp_x",
+)
+
+
+@dataclass
+class ReportRow:
+    """Aggregated metrics of one (dataset, model, setting, budget, strategy) group.
+
+    Attributes:
+        dataset: Data set display name.
+        model: Model display name.
+        setting: Trainer setting display name ("" with one setting).
+        budget: Budget fraction (1.0 for the full-data reference).
+        strategy: Strategy label.
+        seeds: Number of ok runs.
+        failed: Number of runs whose latest record failed.
+        stats: Metric name (see :data:`METRICS`) to :class:`Stat`.
+        reference: True for the full-data reference row.
+    """
+
+    dataset: str
+    model: str
+    setting: str
+    budget: float
+    strategy: str
+    seeds: int
+    failed: int
+    stats: dict[str, Stat]
+    reference: bool = False
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def aggregate(records: Iterable[dict[str, Any]] | Sequence[RunView]) -> list[ReportRow]:
+    """Aggregate records over seeds into report rows (see the module docstring).
+
+    Args:
+        records: Results records (any order; the latest record of a key counts) or
+            :class:`RunView` objects from :func:`run_views`.
+
+    Returns:
+        Rows ordered by dataset, model, setting, then the full-data reference, then budget,
+        then strategies in order of first appearance.
+    """
+    records = list(records)
+    views = records if records and isinstance(records[0], RunView) else run_views(records)
+    refs = {(v.panel, v.seed): v for v in views if v.is_full and v.status == "ok" and v.acc is not None}
+    order: dict[str, int] = {}
+    groups: dict[tuple, list[RunView]] = {}
+    for v in views:
+        order.setdefault(v.label, len(order))
+        groups.setdefault((v.panel, v.budget, v.label), []).append(v)
+    rows = []
+    for (panel, budget, label), vs in groups.items():
+        ok = [v for v in vs if v.status == "ok"]
+        cols: dict[str, list[float | None]] = {name: [] for name, _, _ in METRICS}
+        for v in ok:
+            t, w = v.timings, v.work
+            total = t.get("total")
+            ref = refs.get((panel, v.seed))
+            cols["acc"].append(v.acc)
+            cols["rel_err"].append(
+                100.0 * (ref.acc - v.acc) / ref.acc if ref is not None and v.acc is not None and ref.acc else None
+            )
+            cols["wall_s"].append(total)
+            cols["speedup"].append(_ratio(ref.timings.get("total"), total) if ref is not None else None)
+            cols["select_s"].append(t.get("select"))
+            cols["select_share"].append(None if t.get("select") is None else _ratio(100.0 * t["select"], total))
+            cols["nontrain_share"].append(
+                None if total is None or t.get("train") is None else _ratio(100.0 * (total - t["train"]), total)
+            )
+            cols["selections"].append(v.selections)
+            fwd = w.get("forward_examples")
+            bwd = None if w.get("backward_examples") is None else w["backward_examples"] + (w.get("hvp_examples") or 0)
+            cols["extra_forward"].append(fwd)
+            cols["extra_backward_hvp"].append(bwd)
+            cols["extra_forward_x"].append(_ratio(fwd, w.get("backprop_examples")))
+            cols["extra_backward_hvp_x"].append(_ratio(bwd, w.get("backprop_examples")))
+            cols["train_s"].append(t.get("train"))
+            cols["eval_s"].append(t.get("eval"))
+        first = vs[0]
+        rows.append(
+            ReportRow(
+                dataset=first.dataset,
+                model=first.model,
+                setting=first.setting,
+                budget=budget,
+                strategy=label,
+                seeds=len(ok),
+                failed=sum(1 for v in vs if v.status != "ok"),
+                stats={name: Stat.of(vals) for name, vals in cols.items()},
+                reference=all(v.is_full for v in vs),
+            )
+        )
+    rows.sort(key=lambda r: (r.dataset, r.model, r.setting, not r.reference, r.budget, order[r.strategy]))
+    return rows
+
+
+def _budget(b: float) -> str:
+    return f"{b:g}"
+
+
+def to_markdown(rows: Sequence[ReportRow], metrics: Sequence[str] = MD_METRICS) -> str:
+    """The rows as a Markdown table (mean ± std over seeds)."""
+    titles = {m: (title, digits) for m, title, digits in METRICS}
+    show_setting = any(r.setting for r in rows)
+    head = ["dataset", "model"] + (["setting"] if show_setting else []) + ["budget", "strategy"]
+    head += [titles[m][0] for m in metrics] + ["seeds", "failed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r.dataset, r.model] + ([r.setting] if show_setting else []) + [_budget(r.budget), r.strategy]
+        cells += [r.stats[m].fmt(titles[m][1]) for m in metrics]
+        cells += [str(r.seeds), str(r.failed)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[ReportRow]) -> str:
+    """The rows as CSV: one ``<metric>_mean`` and ``<metric>_std`` column per metric."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    names = [m for m, _, _ in METRICS]
+    w.writerow(
+        ["dataset", "model", "setting", "budget", "strategy", "seeds", "failed"]
+        + [f"{m}_{s}" for m in names for s in ("mean", "std")]
+    )
+    for r in rows:
+        vals: list[Any] = [r.dataset, r.model, r.setting, r.budget, r.strategy, r.seeds, r.failed]
+        for m in names:
+            st = r.stats[m]
+            vals += ["" if st.mean is None else repr(st.mean), "" if st.std is None else repr(st.std)]
+        w.writerow(vals)
+    return buf.getvalue()
+
+
+LEGEND = """\
+Mean ± sample std over seeds. acc: final test accuracy. rel. err.: (acc_full - acc) / acc_full per
+seed against the full-data run of the same seed. speed-up: full-data wall time / run wall time.
+select: time in the strategy's hooks. non-train: time outside training steps. extra fwd,
+extra bwd+hvp: the strategy's extra forward and backward/HVP examples as multiples of the run's
+training backprops. failed: runs whose latest record failed.
+"""
+
+
+def write_report(
+    source: str | os.PathLike | Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    formats: Sequence[str] = ("md", "csv"),
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Aggregate and write ``report.md`` / ``report.csv`` into ``out_dir``.
+
+    Args:
+        source: A results file path, or records.
+        out_dir: Output directory (created).
+        formats: Any of ``"md"``, ``"csv"``.
+        title: Heading of the Markdown file (default: the results file name).
+
+    Returns:
+        Format to written path.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        title = title or f"Results: {Path(source).name}"
+        records = load_runs(source)
+    else:
+        records = list(source)
+    rows = aggregate(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for fmt in formats:
+        if fmt == "md":
+            p = out / "report.md"
+            p.write_text(f"# {title or 'Results'}\n\n{to_markdown(rows)}\n{LEGEND}", encoding="utf-8")
+        elif fmt == "csv":
+            p = out / "report.csv"
+            p.write_text(to_csv(rows), encoding="utf-8")
+        else:
+            raise ValueError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
+        written[fmt] = p
+    return written

@@ -1,0 +1,357 @@
+"""The ``subsetlab`` command: list what is registered, run benchmark suites, report results.
+
+Subcommands::
+
+    subsetlab list [--json]                 strategies (with their distribution), datasets, models
+    subsetlab schema NAME                   JSON schema of a strategy's config
+    subsetlab run [SUITE] [options]         run a suite (default: the packaged quick suite)
+    subsetlab report RESULTS [options]      tables (Markdown, CSV) and plots from a results file
+
+Exit codes: 0 success, 1 some run of the suite failed, 2 usage or configuration error,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_RUN_EPILOG = """\
+Strategies: --strategy replaces the suite's strategy list (repeat it for several; '*' means
+every registered strategy); the full-data reference run is still added unless --no-full.
+Parameters go in brackets: --strategy "crest[tau=0.05,b=3]". Any other setting can be changed
+with --set SECTION.KEY=VALUE, SECTION one of trainer, data (every dataset), model (every model),
+e.g. --set trainer.lr=0.05 --set data.n_train=500 --set 'model.options={"hidden":[64]}'.
+
+Runs already recorded in the results file (same key: a hash of the run's spec, not of the
+device) are skipped, so rerunning an interrupted command resumes it. Failed runs are skipped
+too unless --retry-failed. At the end the report table is printed and report.md, report.csv
+and PNG plots are written to --out (default: next to the results file).
+
+examples:
+  subsetlab run                                         # the quick default suite
+  subsetlab run benchmarks/suites/fashion_mnist.toml --workers 2
+  subsetlab run suite.toml --strategy random --strategy "crest[tau=0.05]" --seeds 0,1
+"""
+
+
+def _csv_list(kind: type, what: str) -> Any:
+    def parse(text: str) -> list:
+        from subsetlab.bench.suite import parse_list
+        from subsetlab.errors import ConfigError
+
+        try:
+            return parse_list(text, kind, what)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = what
+    return parse
+
+
+def _setting(text: str) -> tuple[str, str, Any]:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(
+            f"expected SECTION.KEY=VALUE with SECTION one of trainer, data, model (e.g. "
+            f"trainer.lr=0.05). Got {text!r}."
+        )
+    path, value = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    if section not in ("trainer", "data", "model"):
+        raise argparse.ArgumentTypeError(f"unknown section {section!r} in {text!r}; use trainer, data or model.")
+    return section, key.strip(), _value(value)
+
+
+def _value(text: str) -> Any:
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    if t.lower() in ("none", "null"):
+        return None
+    try:
+        return json.loads(t)
+    except ValueError:
+        return t
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer. Got {text!r}.") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer. Got {v}.")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``subsetlab`` command."""
+    from subsetlab import __version__
+
+    p = argparse.ArgumentParser(
+        prog="subsetlab",
+        description="Train on adaptively selected, weighted data subsets and compare the selection "
+        "methods side by side.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'subsetlab COMMAND --help' for the options of a command.",
+    )
+    p.add_argument("--version", action="version", version=f"subsetlab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    lp = sub.add_parser("list", help="list registered strategies, datasets and models",
+                        description="List the registered strategies (with the distribution and version "
+                        "that provides each), datasets and models.")
+    lp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    lp.set_defaults(func=_cmd_list)
+
+    sp = sub.add_parser("schema", help="print the JSON schema of a strategy's config",
+                        description="Print the JSON schema of a strategy's config: every parameter, its "
+                        "type, default, range and description.")
+    sp.add_argument("name", help="registered strategy name (see 'subsetlab list')")
+    sp.set_defaults(func=_cmd_schema)
+
+    rp = sub.add_parser("run", help="run a benchmark suite (default: the quick suite)",
+                        description="Run every run of a benchmark suite that is not yet recorded, "
+                        "append the results, then print and write the report.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_RUN_EPILOG)
+    rp.add_argument("suite", nargs="?", help="suite TOML file (default: the packaged quick suite)")
+    rp.add_argument("--results", metavar="PATH", help="results file (default: runs/<suite name>/results.jsonl)")
+    rp.add_argument("--out", metavar="DIR", help="directory of the report and plots (default: next to the results)")
+    rp.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                    help="worker processes (default 1: run in this process)")
+    rp.add_argument("--threads", type=_positive_int, metavar="N",
+                    help="torch threads per process (default: the suite's `threads`, else torch's own for "
+                    "1 worker and cores // workers for several)")
+    rp.add_argument("--strategy", action="append", metavar="SPEC", dest="strategies",
+                    help="strategy to run, e.g. random or \"crest[tau=0.05,b=3]\"; repeatable; replaces "
+                    "the suite's list ('*' = all registered)")
+    rp.add_argument("--seeds", type=_csv_list(int, "seed"), metavar="LIST", help="seeds, e.g. 0,1,2")
+    rp.add_argument("--budgets", type=_csv_list(float, "budget"), metavar="LIST", help="budget fractions, e.g. 0.1,0.3")
+    rp.add_argument("--epochs", type=_positive_int, metavar="N", help="pseudo-epochs (trainer.epochs)")
+    rp.add_argument("--batch-size", type=_positive_int, metavar="N", help="training batch size (trainer.batch_size)")
+    rp.add_argument("--lr", type=float, metavar="X", help="peak learning rate (trainer.lr)")
+    rp.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N or mps (not part of run keys)")
+    rp.add_argument("--set", action="append", type=_setting, default=[], metavar="SECTION.KEY=VALUE",
+                    dest="settings", help="change any trainer/data/model setting; repeatable")
+    rp.add_argument("--no-full", action="store_true", help="do not add the full-data reference runs")
+    rp.add_argument("--retry-failed", action="store_true", help="rerun runs whose latest record failed")
+    rp.add_argument("--quiet", "-q", action="store_true",
+                    help="no progress bars: one line per finished run (the default when stderr is not a terminal)")
+    rp.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default=None,
+                    help="progress display (default auto: bars on a terminal, else lines)")
+    rp.add_argument("--dry-run", action="store_true", help="list the runs and whether each is recorded; run nothing")
+    rp.add_argument("--no-plots", action="store_true", help="do not draw plots at the end")
+    rp.add_argument("--format", type=_csv_list(str, "format"), default=["md", "csv"], metavar="LIST",
+                    help="report files to write: md, csv (default md,csv)")
+    rp.set_defaults(func=_cmd_run)
+
+    ep = sub.add_parser("report", help="aggregate a results file into tables and plots",
+                        description="Aggregate a results file over seeds (mean ± std per dataset, model, "
+                        "budget and strategy), print the Markdown table and write report files and plots.")
+    ep.add_argument("results", help="results file (JSON Lines) written by 'subsetlab run'")
+    ep.add_argument("--out", metavar="DIR", help="output directory (default: next to the results file)")
+    ep.add_argument("--format", type=_csv_list(str, "format"), default=["md", "csv"], metavar="LIST",
+                    help="report files to write: md, csv (default md,csv)")
+    ep.add_argument("--no-plots", action="store_true", help="do not draw plots")
+    ep.set_defaults(func=_cmd_report)
+    return p
+
+
+# ---------------------------------------------------------------------- commands
+def _cmd_list(args: argparse.Namespace) -> int:
+    from subsetlab import registry
+
+    strategies = [
+        {"name": i.name, "distribution": i.distribution, "version": i.version, "summary": i.summary}
+        for i in registry.info()
+    ]
+    datasets: list[dict[str, str]] = []
+    models: list[dict[str, str]] = []
+    try:
+        from subsetlab import data as _data
+
+        for n in _data.list_datasets():
+            doc = (_data.get_loader(n).__doc__ or "").strip()
+            datasets.append({"name": n, "summary": doc.splitlines()[0] if doc else ""})
+    except ImportError as exc:  # pragma: no cover - partial installs
+        print(f"warning: cannot list datasets: {exc}", file=sys.stderr)
+    try:
+        from subsetlab import models as _models
+
+        for n in _models.list_models():
+            models.append({"name": n, "summary": _models.model_info(n).summary})
+    except ImportError as exc:  # pragma: no cover
+        print(f"warning: cannot list models: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"strategies": strategies, "datasets": datasets, "models": models}, indent=2))
+        return EXIT_OK
+    width = max([len(x["name"]) for x in strategies + datasets + models] + [4])
+    print("Strategies:")
+    for s in strategies:
+        src = f"{s['distribution']} {s['version']}".strip()
+        print(f"  {s['name']:<{width}}  [{src}]  {s['summary']}")
+    for title, items in (("Datasets", datasets), ("Models", models)):
+        print(f"{title}:")
+        for x in items:
+            print(f"  {x['name']:<{width}}  {x['summary']}")
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from subsetlab import registry
+
+    cls = registry.get(args.name)
+    print(json.dumps(cls.Config.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from subsetlab.bench.suite import load_default_suite, load_suite
+
+    suite = load_suite(args.suite) if args.suite else load_default_suite()
+    trainer: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for section, key, value in args.settings:
+        {"trainer": trainer, "data": data, "model": model}[section][key] = value
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            trainer[key] = getattr(args, flag)
+    if "fraction" in trainer:
+        from subsetlab.errors import ConfigError
+
+        raise ConfigError("--set trainer.fraction: set the budget fractions with --budgets instead.")
+    if any([args.strategies, args.seeds, args.budgets, trainer, data, model, args.no_full]):
+        suite = suite.with_overrides(
+            strategies=args.strategies,
+            seeds=args.seeds,
+            budgets=args.budgets,
+            trainer=trainer or None,
+            data=data or None,
+            model=model or None,
+            include_full=False if args.no_full else None,
+        )
+    return suite
+
+
+def _check_formats(formats: Sequence[str]) -> None:
+    bad = [f for f in formats if f not in ("md", "csv")]
+    if bad:
+        from subsetlab.errors import ConfigError
+
+        raise ConfigError(f"--format: unknown report format(s) {bad}; use md and/or csv, e.g. --format md,csv.")
+
+
+def _report(records: list[dict[str, Any]], out: Path, formats: Sequence[str], plots: bool, title: str) -> None:
+    from subsetlab.bench.report import aggregate, to_markdown, write_report
+
+    rows = aggregate(records)
+    if not rows:
+        print("(no results to report)")
+        return
+    print()
+    print(to_markdown(rows), end="")
+    written = list(write_report(records, out, formats, title=title).values())
+    if plots:
+        from subsetlab.bench.plots import make_plots
+
+        written += make_plots(records, out)
+    if written:
+        print(f"\nwrote {', '.join(str(p) for p in written)}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from subsetlab.bench.runner import run_suite, run_title
+    from subsetlab.bench.store import latest_by_key, read_records
+
+    _check_formats(args.format)
+    suite = _load(args)
+    results = Path(args.results) if args.results else Path("runs") / suite.name / "results.jsonl"
+    out = Path(args.out) if args.out else results.parent
+    if args.dry_run:
+        specs = suite.expand()
+        latest = latest_by_key(read_records(results))
+        print(f"suite {suite.name}: {len(specs)} runs -> {results}")
+        for s in specs:
+            status = (latest.get(s.key) or {}).get("status", "to run")
+            print(f"  {s.key}  {status:<7} {run_title(s)}")
+        return EXIT_OK
+    progress = args.progress or ("lines" if args.quiet else "auto")
+    if suite.description:
+        print(suite.description.strip())
+    outcome = run_suite(
+        suite,
+        results,
+        workers=args.workers,
+        progress=progress,
+        retry_failed=args.retry_failed,
+        threads=args.threads,
+    )
+    keys = set(outcome.keys)
+    records = [r for r in latest_by_key(read_records(results)).values() if r["key"] in keys]
+    _report(records, out, args.format, not args.no_plots, title=f"Suite {suite.name}")
+    print(
+        f"\nsuite {suite.name}: {outcome.n_ok} ok, {outcome.n_failed} failed, {len(outcome.ran)} run now, "
+        f"{len(outcome.skipped)} already recorded; {outcome.seconds:.1f} s; results in {results}"
+    )
+    return EXIT_OK if outcome.n_failed == 0 else EXIT_FAILED_RUNS
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from subsetlab.bench.report import load_runs
+    from subsetlab.errors import ConfigError
+
+    _check_formats(args.format)
+    path = Path(args.results)
+    if not path.is_file():
+        raise ConfigError(f"Results file {str(path)!r} does not exist. Give the file written by 'subsetlab run'.")
+    records = load_runs(path)
+    out = Path(args.out) if args.out else path.parent
+    _report(records, out, args.format, not args.no_plots, title=f"Results: {path.name}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- entry point
+@contextlib.contextmanager
+def _short_warnings() -> Iterator[None]:
+    """Print warnings as one ``warning: ...`` line each (restored on exit)."""
+    with warnings.catch_warnings():
+        def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            print(f"warning: {message}", file=file or sys.stderr)
+
+        warnings.showwarning = show
+        yield
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``subsetlab`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    from subsetlab.errors import ConfigError, RegistryError
+
+    with _short_warnings():
+        try:
+            return int(args.func(args))
+        except (ConfigError, RegistryError) as exc:
+            print(f"subsetlab {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("\ninterrupted; finished runs are recorded; run the same command again to resume.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
