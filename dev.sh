@@ -36,7 +36,7 @@ shift || true
 case "$cmd" in
   run)   setup dev; exec "$VENV/bin/subsetlab" run "$@" ;;
   test)  setup dev; exec "$PY" -m pytest "$@" ;;
-  docs)  setup dev,docs; exec "$VENV/bin/mkdocs" build --strict "$@" ;;
+  docs)  setup dev,docs; NO_MKDOCS_2_WARNING=1 exec "$VENV/bin/mkdocs" build --strict "$@" ;;
   setup) setup dev,docs ;;
   *) echo "usage: bash dev.sh {run|test|docs|setup} [ARGS]" >&2; exit 2 ;;
 esac

@@ -256,6 +256,8 @@ def check_works_on_cpu_tiny_model(spec: StrategySpec) -> None:
         assert result.timings[key] >= 0.0
 
 
+#: Every conformance check by function name, in the order they run; each takes a strategy spec
+#: (name, ``"name[k=v]"``, mapping or config) and raises ``AssertionError`` naming what failed.
 CHECKS: dict[str, Callable[[StrategySpec], None]] = {
     f.__name__: f
     for f in (
