@@ -136,7 +136,9 @@ class TrainerConfig(FrozenConfig):
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="Step schedule: decay factor.")
     eval_every: int = Field(1, ge=1, description="Evaluate on the test split every this many pseudo-epochs (and at the end).")
     eval_batch_size: int = Field(1024, ge=1, description="Batch size of evaluation passes.")
-    embed_batch_size: int = Field(1024, ge=1, description="Batch size of the gradient embedder.")
+    embed_batch_size: int = Field(
+        256, ge=1, description="Batch size of the gradient embedder (256: about 2x faster than 1024 for the small CNN on CPU)."
+    )
     embed_dtype: Literal["float32", "float16"] = Field(
         "float32", description="Storage dtype of embeddings; float16 is used on CUDA only."
     )

@@ -164,7 +164,10 @@ class GradientEmbedder:
                 f"pass the output layer explicitly as last_layer=."
             )
         if not self._checked:
-            if captured["z"].shape != logits.shape or not torch.equal(captured["z"], logits):
+            same = captured["z"] is logits or (
+                captured["z"].shape == logits.shape and torch.equal(captured["z"], logits)
+            )
+            if not same:
                 raise ConfigError(
                     f"The output of {type(self.model).__name__} is not the output of its last "
                     f"nn.Linear (shapes {tuple(captured['z'].shape)} vs {tuple(logits.shape)}); "

@@ -9,8 +9,10 @@
 (b) Per-class CRAIG at Fashion-MNIST scale: 10 classes x 6,000 points, 10-dim embeddings,
     choose 600 per class, ``max_dist - dist`` similarity: ``facility_location_embeddings``
     (lazy greedy) against apricot's lazy greedy on the same precomputed similarity.
-(c) ``bench_rounds``: NN-OMP (GradMatch's solver) at that scale, a hook for full GradMatch and
-    Glister rounds.
+(c) ``bench_rounds``: NN-OMP (GradMatch's solver) at that scale, then one whole selection round
+    of GradMatch, Glister and CRAIG (embedding pass included, reported separately) on
+    Fashion-MNIST (54k train / 6k val, small CNN; synthetic images of that shape if the files
+    are missing).
 
 Synthetic embeddings (explicit, seeded): softmax-minus-onehot vectors, the C-dim gradient
 embedding of cross-entropy. For class c: logits ~ N(0, 2^2) per class with +3 on class c,
@@ -147,14 +149,87 @@ def bench_craig(args, g: torch.Generator) -> None:
                   f"{sum(ours_cpu):.2f}"))
 
 
-def bench_rounds(args, g: torch.Generator) -> None:
-    """HOOK for the lead: one GradMatch round and one Glister round at Fashion-MNIST scale.
+def _fashion_mnist_setup(args):
+    """Fashion-MNIST splits (54k/6k/10k), the small CNN, briefly trained; synthetic if missing.
 
-    For now this times only NN-OMP (GradMatch's solver) per class: ``classes`` x ``per_class``
-    atoms, target = the sum of the class's gradients, k = fraction x per_class, lam 0.5,
-    eps 1e-4, on C-dim (bias) and C + C*D-dim (bias + weight, D = 128) embeddings.
-    TODO(lead): add the embedding pass and the strategy's own selection (GradMatch per class,
-    Glister's greedy with its Taylor updates) once strategies/gradmatch.py and glister.py exist.
+    The CNN is trained for ``args.pretrain_steps`` SGD steps (batch 128, lr 0.05, momentum 0.9)
+    on random batches, so the embeddings are those of a network early in training, not of the
+    untrained one (whose softmax outputs are all near uniform).
+    """
+    from torch.nn import functional as F
+
+    from subsetlab.config import DataConfig, ModelConfig
+    from subsetlab.data import load_data
+    from subsetlab.data.base import DataSplits, IndexedDataset
+    from subsetlab.errors import MissingDataError
+    from subsetlab.models import build_model
+
+    n_train = 9000 if args.quick else None
+    try:
+        data = load_data(DataConfig(name="fashion_mnist", n_train=n_train), args.seed)
+        source = "Fashion-MNIST"
+    except MissingDataError:
+        gen = torch.Generator().manual_seed(args.seed)
+        n, nv = (n_train or 54000), 6000
+
+        def make(m: int, name: str) -> IndexedDataset:
+            y = torch.randint(0, 10, (m,), generator=gen)
+            x = torch.randn(m, 1, 28, 28, generator=gen) + y.view(-1, 1, 1, 1) * 0.1
+            return IndexedDataset(x, y, 10, name)
+
+        data = DataSplits(make(n, "synthetic-train"), make(nv, "synthetic-val"), make(1000, "synthetic-test"))
+        source = "synthetic images (Fashion-MNIST files not found)"
+    model = build_model(ModelConfig(name="cnn"), (1, 28, 28), 10, args.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    model.train()
+    for _ in range(args.pretrain_steps):
+        x, y = data.train.get(torch.randint(len(data.train), (128,), generator=gen))
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return data, model, source
+
+
+def _one_round(spec: dict, data, model, args):
+    """One ``select`` of the registered strategy ``spec`` outside the trainer: seconds (total,
+    embedding, solver), the selection."""
+    from torch.nn import functional as F
+
+    from subsetlab import registry
+    from subsetlab.embeddings import GradientEmbedder
+    from subsetlab.protocol import Budget, DistView, SelectionContext, TrainState, WorkMeters
+    from subsetlab.seeding import torch_generator
+
+    device = torch.device("cpu")
+    budget = Budget.make(len(data.train), args.fraction, 128, 20)
+    meters = WorkMeters(device)
+    ctx = SelectionContext(
+        train=data.train, val=data.val, model=model,
+        loss_fn=lambda z, y: F.cross_entropy(z, y, reduction="none"),
+        embedder=GradientEmbedder(model, device, 1024), device=device,
+        generator=torch_generator(args.seed, "strategy"), seed=args.seed, budget=budget,
+        dist=DistView(), meters=meters,
+    )
+    strategy = registry.create(spec)
+    strategy.setup(ctx)
+    state = TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.05, model, 0)
+    dt, sel = timed(lambda: strategy.select(state))
+    return dt, meters.seconds.get("embedding", 0.0), meters.seconds.get("selection", 0.0), meters.forward_examples, sel
+
+
+def bench_rounds(args, g: torch.Generator) -> None:
+    """NN-OMP alone on synthetic embeddings, then whole selection rounds on Fashion-MNIST.
+
+    First: NN-OMP (GradMatch's solver) per class: ``classes`` x ``per_class`` atoms, target = the
+    sum of the class's gradients, k = fraction x per_class, lam 0.5, eps 1e-4, on C-dim (bias)
+    and C + C*D-dim (bias + weight, D = 128) embeddings.
+
+    Then one selection round of each strategy exactly as a run makes it
+    (``strategy.select``): the no-grad embedding pass over the 54,000 training images (and the
+    6,000 validation images for Glister) with the small CNN, then the solver, at a 10% budget
+    (k = 5,400, batch 128), CPU. Defaults of each strategy unless named.
     """
     C, n, d, D = args.classes, args.per_class, args.dim, args.feature_dim
     k = max(1, round(args.fraction * n))
@@ -167,10 +242,30 @@ def bench_rounds(args, g: torch.Generator) -> None:
             if width is not None:
                 A = bias_weight_embeddings(A, width, g)
             b = A.sum(0)
-            dt, (idx, w) = timed(lambda: nn_omp(A, b, k, lam=0.5, eps=1e-4))
+            dt, (idx, _w) = timed(lambda A=A, b=b: nn_omp(A, b, k, lam=0.5, eps=1e-4))
             total += dt
             kept.append(idx.numel())
         print(row(f"nn_omp, {label}", f"{total:.2f}", f"{total / C:.2f}", f"{min(kept)}-{max(kept)}"))
+
+    data, model, source = _fashion_mnist_setup(args)
+    n_tr, n_val = len(data.train), len(data.val)
+    print(f"\n(c) one selection round per strategy: {source}, {n_tr} train / {n_val} val, small CNN after "
+          f"{args.pretrain_steps} SGD steps, fraction {args.fraction}, batch 128")
+    print(row("", "total s", "embedding s", "solver s", "forward ex.", widths=(58, 10, 13, 10, 13)))
+    specs = [
+        ("GradMatch (per class per gradient, bias+weight)", {"name": "gradmatch"}),
+        ("GradMatch per batch (bias+weight)", {"name": "gradmatch", "variant": "per_batch"}),
+        ("Glister (stochastic, bias, class quotas)", {"name": "glister"}),
+        ("Glister (stochastic, bias+weight, class quotas)", {"name": "glister", "embedding": "bias_weight"}),
+        ("CRAIG (per class, bias, lazy)", {"name": "craig"}),
+    ]
+    for label, spec in specs:
+        total, emb_s, solve_s, fwd, sel = _one_round(spec, data, model, args)
+        print(row(label, f"{total:.2f}", f"{emb_s:.2f}", f"{solve_s:.2f}", f"{fwd}", widths=(58, 10, 13, 10, 13)))
+        diag = {k: v for k, v in sel.diagnostics.items() if k in ("omp_selected", "random_fill", "residual",
+                                                                   "val_loss", "val_loss_after", "max_weight_ratio")}
+        print(f"    {len(sel)} rows; " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                for k, v in diag.items()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--feature-dim", type=int, default=128, help="D of the bias+weight embedding")
     p.add_argument("--skip-apricot", action="store_true")
+    p.add_argument("--pretrain-steps", type=int, default=100, help="SGD steps of the CNN before the (c) rounds")
     p.add_argument("--only", choices=["a", "b", "c"], default=None)
     args = p.parse_args(argv)
     if args.quick:

@@ -1,0 +1,278 @@
+"""GradMatch: a weighted subset whose gradient sum matches the full gradient (NN-OMP).
+
+Killamsetty et al., "GRAD-MATCH: Gradient Matching based Data Subset Selection for Efficient
+Deep Model Training", ICML 2021; a baseline of the CREST paper, with CORDS' defaults.
+
+Choose ``S``, ``|S| <= k``, and weights ``w >= 0`` so that ``sum_{j in S} w_j g_j`` matches a
+target gradient, by orthogonal matching pursuit with non-negativity and ridge ``lam``
+(:func:`subsetlab.submodular.nn_omp`). The target is the **sum** of the ground set's
+gradients (``target="train"``), so weights come out around ``n / k`` (the trainer rescales
+them to mean 1); with ``target="val"`` it is the validation set's mean gradient times the
+number of atoms the training target would sum (class size, or number of batches), so both
+targets live on the same scale and classes keep their relative weight.
+
+Variants (one selection, :func:`gradmatch_selection`):
+
+* ``per_class_per_gradient`` (default; CORDS "PerClassPerGradient"): per class c, the atoms
+  are the class members' entries of the bias + weight gradient that belong to class c: the
+  bias entry c and the weight row c (``1 + D`` values); target = their sum (or the
+  validation class-c gradients'). Budgets proportional to class sizes, summing exactly to k.
+* ``per_class``: the same per class, on the whole embedding (``embedding``).
+* ``per_batch``: the atoms are the mean embeddings of the mini-batches of a seeded random
+  partition into batches of B; ``ceil(k / B)`` batches are chosen, each one training batch
+  (batch plan; at most ``k + B - 1`` rows). CORDS re-selects per-batch GradMatch every
+  epoch, so ``select_every`` defaults to 1 for this variant when it is not given.
+
+When OMP stops with fewer atoms than the budget (no atom correlates positively with the
+residual any more, or the residual fell under ``eps``), the rest of the budget is filled with
+random examples (same class; per batch: random unchosen batches) of weight 1, drawn from
+``ctx.generator`` without duplicates; ``diagnostics["random_fill"]`` counts them. (CORDS' CPU
+path ignored ``lam`` and ``eps`` and filled ~93% of the per-class subset at random.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from strategies._common import (
+    BaselineConfig,
+    BaselineStrategy,
+    as_float,
+    batch_means,
+    batch_selection,
+    bias_weight,
+    class_budgets,
+    class_gradient_slice,
+    class_members,
+    clip_weights,
+    embed,
+    random_fill,
+)
+from subsetlab.config import StrategyConfig
+from subsetlab.embeddings import Embeddings
+from subsetlab.protocol import Capabilities, Selection, TrainState
+from subsetlab.registry import register
+from subsetlab.submodular import nn_omp
+
+__all__ = ["GradMatchConfig", "GradMatchStrategy", "gradmatch_selection"]
+
+
+class GradMatchConfig(BaselineConfig):
+    """Config of :class:`GradMatchStrategy` (CORDS' CIFAR-10 defaults unless noted)."""
+
+    name: Literal["gradmatch"] = Field("gradmatch", description="Registered name of the strategy.")
+    variant: Literal["per_class_per_gradient", "per_class", "per_batch"] = Field(
+        "per_class_per_gradient",
+        description="'per_class_per_gradient': per class, the class's bias entry and weight row "
+        "(1 + D values; CORDS default); 'per_class': per class, the whole embedding; "
+        "'per_batch': atoms are mini-batch mean embeddings, chosen batches become training "
+        "batches (select_every defaults to 1 here, as in CORDS).",
+    )
+    embedding: Literal["bias", "bias_weight"] = Field(
+        "bias_weight",
+        description="Gradient embedding of 'per_class' and 'per_batch': 'bias' (C values) or "
+        "'bias_weight' (C + C*D, CORDS default). 'per_class_per_gradient' needs 'bias_weight'.",
+    )
+    target: Literal["train", "val"] = Field(
+        "train",
+        description="Gradient to match: the sum over the ground set ('train') or the validation "
+        "set's mean gradient scaled to the same number of terms ('val'; needs a validation split).",
+    )
+    lam: float = Field(0.5, ge=0.0, le=1e6, description="Ridge coefficient lambda of NN-OMP (CORDS 0.5).")
+    eps: float = Field(
+        1e-100,
+        ge=0.0,
+        lt=1.0,
+        description="Stop OMP once ||residual|| / ||target|| < eps (CORDS 1e-100: in effect only "
+        "the budget, or no positively correlated atom, stops it).",
+    )
+    max_weight: float | None = Field(
+        None,
+        ge=1.0,
+        description="Cap each weight at this multiple of the selection's mean weight before the "
+        "trainer's renormalisation (None: OMP weights as they are).",
+    )
+    repartition: bool = Field(
+        False,
+        description="per_batch: draw a new random partition into mini-batches at every "
+        "selection instead of keeping the first one (CORDS keeps its batches fixed).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_batch_every(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("variant") == "per_batch" and "select_every" not in data:
+            data = {**data, "select_every": 1}
+        return data
+
+    @model_validator(mode="after")
+    def _check_embedding(self) -> GradMatchConfig:
+        if self.variant == "per_class_per_gradient" and self.embedding != "bias_weight":
+            raise ValueError(
+                "variant='per_class_per_gradient' uses the bias entry and weight row of each class "
+                "and needs embedding='bias_weight'; use variant='per_class' for embedding='bias'"
+            )
+        return self
+
+
+def _atoms(g: torch.Tensor, h: torch.Tensor | None, variant: str, kind: str, c: int) -> torch.Tensor:
+    if variant == "per_class_per_gradient":
+        return class_gradient_slice(g, h, c)
+    return g if kind == "bias" else bias_weight(g, h)
+
+
+def _mean_atom(g: torch.Tensor, h: torch.Tensor | None, variant: str, kind: str, c: int) -> torch.Tensor:
+    """Mean of :func:`_atoms` over the rows, without materialising them for bias + weight."""
+    n = g.shape[0]
+    if variant == "per_class_per_gradient":
+        gc = g[:, c]
+        return torch.cat([gc.mean().view(1), gc @ h / n])
+    if kind == "bias":
+        return g.mean(0)
+    return torch.cat([g.mean(0), (g.T @ h).flatten() / n])
+
+
+def gradmatch_selection(
+    emb: Embeddings,
+    k: int,
+    batch_size: int,
+    config: GradMatchConfig,
+    generator: torch.Generator,
+    val: Embeddings | None = None,
+    order: torch.Tensor | None = None,
+) -> Selection:
+    """One GradMatch selection from precomputed embeddings (no forward pass).
+
+    Args:
+        emb: Bias gradients of the ground set (``[n, C]``), labels, dataset indices, and
+            ``features`` unless ``config.embedding == "bias"`` with a variant other than
+            ``per_class_per_gradient``.
+        k: Budget (examples).
+        batch_size: B (per-batch variant).
+        config: The strategy's config.
+        generator: Source of randomness (random fill, a missing ``order``).
+        val: Validation embeddings (same kind), required when ``config.target == "val"``.
+        order: ``per_batch``: the row order whose chunks of B are the mini-batches.
+
+    Returns:
+        The :class:`Selection` with OMP weights (fill examples weight 1) and diagnostics
+        ``budgets``, ``omp_selected``, ``random_fill``, ``residual`` (relative, before the fill),
+        ``max_weight_ratio``, ``clipped``, ``val_fallback`` (classes without validation
+        examples, matched to their training sum instead).
+    """
+    variant, kind = config.variant, config.embedding
+    g = as_float(emb.grads)
+    h = as_float(emb.features)
+    use_val = config.target == "val"
+    if use_val and val is None:
+        raise ValueError("target='val' needs the validation embeddings (val=)")
+    gv = as_float(val.grads) if use_val else None
+    hv = as_float(val.features) if use_val else None
+    res_sq, tgt_sq = 0.0, 0.0
+
+    def solve(A: torch.Tensor, b: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal res_sq, tgt_sq
+        idx, w = nn_omp(A, b, budget, lam=config.lam, eps=config.eps)
+        r = b.double() - (w.double() @ A[idx].double() if idx.numel() else 0.0)
+        res_sq += float(r @ r)
+        tgt_sq += float(b.double() @ b.double())
+        return idx, w.float()
+
+    if variant == "per_batch":
+        if order is None:
+            order = torch.randperm(g.shape[0], generator=generator)
+        A, _sizes = batch_means(g, h, order, batch_size, kind)
+        nb = A.shape[0]
+        m = min(math.ceil(k / batch_size), nb)
+        b = _mean_atom(gv, hv, variant, kind, 0) * nb if use_val else A.sum(0)
+        idx, w = solve(A, b, m)
+        fill = random_fill(torch.arange(nb, device=A.device), idx, m - idx.shape[0], generator)
+        chosen = torch.cat([idx, fill])
+        weights = torch.cat([w, torch.ones(fill.shape[0], device=w.device)])
+        raw = weights
+        weights, clipped = clip_weights(weights, config.max_weight)
+        return batch_selection(
+            emb.indices, order, batch_size, chosen, weights,
+            variant="per_batch", batches=int(m), omp_selected=int(idx.shape[0]),
+            random_fill=int(fill.shape[0]), residual=_rel(res_sq, tgt_sq),
+            max_weight_ratio=_ratio(raw), clipped=clipped,
+        )
+
+    num_classes = g.shape[1]
+    budgets = class_budgets(emb.labels, num_classes, k)
+    val_members = class_members(val.labels, num_classes) if use_val else None
+    rows, weights = [], []
+    n_omp, n_fill, fallback = 0, 0, 0
+    for c, members in enumerate(class_members(emb.labels, num_classes)):
+        kc = int(budgets[c])
+        if kc == 0:
+            continue
+        hc = h[members] if h is not None else None
+        A = _atoms(g[members], hc, variant, kind, c)
+        if use_val and val_members[c].numel() > 0:
+            vm = val_members[c]
+            b = _mean_atom(gv[vm], hv[vm] if hv is not None else None, variant, kind, c) * members.numel()
+        else:
+            fallback += int(use_val)
+            b = A.sum(0)
+        idx, w = solve(A, b, kc)
+        fill = random_fill(torch.arange(members.numel(), device=members.device), idx, kc - idx.shape[0], generator)
+        rows.append(members[torch.cat([idx, fill])])
+        weights.append(torch.cat([w, torch.ones(fill.shape[0], device=w.device)]))
+        n_omp += int(idx.shape[0])
+        n_fill += int(fill.shape[0])
+    raw = torch.cat(weights)
+    w_all, clipped = clip_weights(raw, config.max_weight)
+    diagnostics = {
+        "variant": variant,
+        "budgets": budgets.tolist(),
+        "omp_selected": n_omp,
+        "random_fill": n_fill,
+        "residual": _rel(res_sq, tgt_sq),
+        "max_weight_ratio": _ratio(raw),
+        "clipped": clipped,
+    }
+    if use_val:
+        diagnostics["val_fallback"] = fallback
+    return Selection(emb.indices[torch.cat(rows)].cpu(), w_all.cpu(), None, diagnostics)
+
+
+def _rel(res_sq: float, tgt_sq: float) -> float:
+    return math.sqrt(res_sq / tgt_sq) if tgt_sq > 0 else 0.0
+
+
+def _ratio(w: torch.Tensor) -> float:
+    return float(w.max() / w.double().mean()) if w.numel() else 0.0
+
+
+@register
+class GradMatchStrategy(BaselineStrategy):
+    """GradMatch: non-negative OMP matching the (per-class or per-batch) gradient sum.
+
+    Re-selects every ``select_every`` pseudo-epochs (after an optional full-data
+    ``warm_start``). See :mod:`strategies.gradmatch`.
+    """
+
+    name = "gradmatch"
+    Config = GradMatchConfig
+    capabilities = Capabilities(needs_validation=False, supports_distributed=False, stochastic=True)
+
+    def __init__(self, config: StrategyConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        if self.config.target == "val":
+            # an instance attribute: this configuration needs the validation split
+            self.capabilities = Capabilities(needs_validation=True, supports_distributed=False, stochastic=True)
+
+    def select_subset(self, state: TrainState) -> Selection:
+        """Embed the training (and validation) set, then :func:`gradmatch_selection`."""
+        ctx, cfg = self.ctx, self.config
+        features = cfg.embedding == "bias_weight"
+        emb = embed(ctx, kind="bias", features=features, who=self.name)
+        val = embed(ctx, "val", kind="bias", features=features, who=self.name) if cfg.target == "val" else None
+        order = self.partition(len(emb), cfg.repartition) if cfg.variant == "per_batch" else None
+        with ctx.meters.timer("selection"):
+            return gradmatch_selection(emb, ctx.budget.subset_size, ctx.batch_size, cfg, ctx.generator, val, order)
