@@ -18,6 +18,7 @@ __all__ = [
     "SelectionError",
     "TrainingDiverged",
     "StrategyFailure",
+    "CheckpointError",
     "MissingDependencyError",
 ]
 
@@ -46,8 +47,12 @@ class DuplicateStrategyError(RegistryError):
     """A strategy name was registered twice."""
 
 
-class UnknownStrategyError(RegistryError, KeyError):
-    """A strategy name is not registered; the message lists the known names."""
+class UnknownStrategyError(RegistryError, ConfigError, KeyError):
+    """A strategy name is not registered; the message lists the known names.
+
+    Also a :class:`ConfigError`: a strategy name is part of a configuration, so a caller
+    validating configs catches one exception class for every bad value, the name included.
+    """
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
@@ -79,6 +84,15 @@ class StrategyFailure(SubsetlabError, RuntimeError):
     def __init__(self, message: str, strategy: str) -> None:
         super().__init__(message)
         self.strategy = strategy
+
+
+class CheckpointError(SubsetlabError, ValueError):
+    """A checkpoint file could not be loaded safely (tampered with, corrupt or foreign).
+
+    Checkpoints are read with ``torch.load(weights_only=True)``: a file that names any other
+    Python object (a crafted ``__reduce__``, a NumPy array in a strategy's state) is refused
+    before anything in it is called; nothing from it is used.
+    """
 
 
 class MissingDependencyError(SubsetlabError, ImportError):

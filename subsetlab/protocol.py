@@ -351,8 +351,12 @@ class SelectionContext:
 
     @property
     def batch_size(self) -> int:
-        """Training mini-batch size B."""
-        return self.budget.batch_size
+        """Rows per training step: B, or k when the budget is smaller than one batch.
+
+        The trainer serves ``min(B, subset_size)`` rows per step; strategies that build their
+        own mini-batches use this value so every method back-propagates the same count.
+        """
+        return min(self.budget.batch_size, self.budget.subset_size)
 
 
 class SelectionStrategy:

@@ -247,7 +247,7 @@ def _parse_value(text: str) -> Any:
         return None
     try:
         return json.loads(t)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply: a bare string
         return t
 
 

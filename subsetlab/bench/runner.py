@@ -218,7 +218,8 @@ def execute_run(
 
         warm_up(device)
         result = run_spec(spec, progress=progress, resume=False)
-    except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, the suite goes on
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of one run (a plugin's
+        # sys.exit() included) is recorded, the suite goes on; Ctrl-C still stops the suite
         return failure_record(raw, exc, started=started, env=env)
     record: dict[str, Any] = {
         "key": spec.key,

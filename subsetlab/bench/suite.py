@@ -418,8 +418,20 @@ def _loads(text: str, source: str, default_name: str) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: TOML syntax error: {exc}.") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(
+            f"{source}: arrays or tables are nested too deeply to read; a suite needs at most a "
+            f"few levels (e.g. model.options.hidden = [64])."
+        ) from None
     data.setdefault("name", re.sub(r"[^A-Za-z0-9_.\-]", "-", default_name) or "suite")
-    return Suite.from_dict(data, source=source)
+    try:
+        return Suite.from_dict(data, source=source)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a suite file must fail as a ConfigError naming it
+        raise ConfigError(
+            f"Invalid suite {source}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def parse_list(text: str, kind: type = float, what: str = "value") -> list:

@@ -45,7 +45,8 @@ def load_data(config: DataConfig, seed: int) -> DataSplits:
             size, or ``augment=True`` on a data set without an augmentation.
         MissingDataError: when the data files are not found (the message says where we
             looked and how to get them).
-        DataError: for corrupt files, or a class left without training examples.
+        DataError: for corrupt files, non-finite features or invalid labels, an empty test
+            split, or a class left without training examples.
     """
     loader = get_loader(config.name)
     raw = loader(config, seed)
@@ -106,7 +107,8 @@ def make_splits(
 
     Raises:
         ConfigError: for out-of-range arguments.
-        DataError: when train and test do not match, or a class has no training example.
+        DataError: when train and test do not match, the test split is empty, or a class has
+            no training example (before or after the validation split).
     """
     if not isinstance(train, IndexedDataset) or not isinstance(test, IndexedDataset):
         raise DataError(
@@ -140,6 +142,8 @@ def normalization_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, st
     Images ``[N, C, ...]`` (3 or more dimensions) reduce over every axis but the channel
     axis; flat data ``[N, D]`` reduce over examples. Zero deviations (constant features)
     become 1 so that standardising leaves those features centred instead of dividing by 0.
+    Features so large that their squares overflow ``x``'s dtype (beyond about 1e19 in
+    float32) are reduced in float64 instead, so they are rescaled rather than zeroed.
 
     Returns:
         ``(mean, std, axis)``: broadcastable to ``x`` (singleton reduced axes kept), and
@@ -150,9 +154,13 @@ def normalization_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, st
     else:
         dims, axis = (0,), "feature"
     var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    if not (bool(torch.isfinite(var).all()) and bool(torch.isfinite(mean).all())):
+        # an overflow (an infinite deviation would turn every feature into 0): redo in float64
+        var, mean = torch.var_mean(x.double(), dim=dims, correction=0, keepdim=True)
     std = var.sqrt()
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    return mean, std, axis
+    # the mean lies within the data's range and std <= (max - min) / 2: both fit x's dtype
+    return mean.to(x.dtype), std.to(x.dtype), axis
 
 
 def apply_normalization(ds: IndexedDataset, mean: torch.Tensor, std: torch.Tensor) -> IndexedDataset:
@@ -189,6 +197,11 @@ def _prepare(
     augment: Augment | AugmentPolicy | None,
 ) -> DataSplits:
     train, test = raw.train, raw.test
+    if len(test) == 0:
+        raise DataError(
+            f"Dataset {name!r}: the test split is empty; every run is evaluated on it. Give at "
+            f"least one test example."
+        )
     if train.input_shape != test.input_shape:
         raise DataError(
             f"Dataset {name!r}: train examples have shape {train.input_shape} but test examples "
