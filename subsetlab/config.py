@@ -39,9 +39,14 @@ C = TypeVar("C", bound=BaseModel)
 
 
 class FrozenConfig(BaseModel):
-    """Base of every subsetlab config: immutable, unknown keys rejected."""
+    """Base of every subsetlab config: immutable, unknown keys rejected, floats finite.
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    NaN and infinities are rejected in every float field (``allow_inf_nan=False``): pydantic
+    accepts them by default, and a bound such as ``gt=0`` lets ``inf`` through. A missing
+    limit is spelled ``None`` where a field allows it, never ``inf``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class StrategyConfig(FrozenConfig):
@@ -89,6 +94,7 @@ def format_validation_error(exc: ValidationError, title: str | None = None) -> s
         elif kind == "missing":
             lines.append(f"The {loc!r} parameter of {title} is required. Add it.")
         else:
+            msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ").rstrip(".")
             lines.append(f"The {loc!r} parameter of {title}: {msg}. Got {shown} instead.")
     return "\n".join(lines) if lines else str(exc)
 
@@ -145,11 +151,25 @@ class TrainerConfig(FrozenConfig):
     normalize_weights: bool = Field(
         True, description="Rescale each selection's weights to mean 1 before training on it."
     )
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="'auto' picks CUDA when present.")
+    device: str = Field(
+        "auto",
+        # an index torch can parse: ASCII digits (pydantic's \d also matches other scripts' digits),
+        # no leading zeros, at most 4 digits (torch.device rejects the rest)
+        pattern=r"^(auto|cpu|cuda(:(0|[1-9][0-9]{0,3}))?|mps)$",
+        description="'auto' picks CUDA when present.",
+    )
     checkpoint_every: int | None = Field(
         None, ge=1, description="Write a checkpoint every this many pseudo-epochs (needs a checkpoint path)."
     )
     max_seconds: float | None = Field(None, gt=0, description="Abort a run that takes longer than this (recorded as failed).")
+    analytics: Literal["off", "basic", "full"] = Field(
+        "basic",
+        description="Selection analytics recorded in the run result (subsetlab.analytics): 'off' "
+        "records nothing; 'basic' uses only the selections and the trained batches (no extra "
+        "passes); 'full' also forwards the selected examples at each selection for their exact "
+        "loss (counted as analytics forward work, apart from the strategy's). Does not change "
+        "training, so it is not part of the run key.",
+    )
 
     @field_validator("milestones")
     @classmethod
@@ -222,6 +242,7 @@ class RunSpec(FrozenConfig):
         d["trainer"].pop("device", None)
         d["trainer"].pop("max_seconds", None)
         d["trainer"].pop("checkpoint_every", None)
+        d["trainer"].pop("analytics", None)
         return hashlib.sha256(_canonical(d).encode()).hexdigest()[:16]
 
     @property

@@ -21,10 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from subsetlab.analytics import SelectionAnalytics
 from subsetlab.config import TrainerConfig
 from subsetlab.data.base import DataSplits, IndexedDataset
 from subsetlab.embeddings import GradientEmbedder
 from subsetlab.errors import (
+    CheckpointError,
     DataError,
     SelectionError,
     StrategyFailure,
@@ -169,15 +171,19 @@ class RunResult:
         history: One row per evaluation: ``epoch``, ``step``, ``lr``, ``train_loss``,
             ``test_acc``, ``test_loss``, ``wall`` (seconds since start), ``selections``.
         timings: Wall seconds: ``total``, ``train`` (training steps), ``select`` (every
-            strategy hook), ``eval``, ``checkpoint``, ``other``; ``strategy`` holds the
-            strategy's own components.
+            strategy hook), ``eval``, ``checkpoint``, ``analytics`` (when on), ``other``;
+            ``strategy`` holds the strategy's own components.
         work: ``steps``, ``backprop_examples`` (the budget), the strategy's extra
-            ``forward_examples``, ``backward_examples``, ``hvp_examples``.
+            ``forward_examples``, ``backward_examples``, ``hvp_examples``; with
+            ``analytics="full"`` also ``analytics_forward_examples``.
         selections: ``count``, ``sizes``, and ``log`` (one entry per selection: ``step``,
             ``epoch``, ``size``, ``unique``, ``seconds``, ``diagnostics``).
         series: Time series the strategy recorded (``name -> [(step, value), ...]``).
         budget: The :class:`~subsetlab.protocol.Budget` as a dict.
         peak_memory_bytes: Peak accelerator memory, or the process's peak RSS on CPU.
+        analytics: Selection analytics (``TrainerConfig.analytics``; empty when ``"off"``):
+            ``mode``, per-selection ``selections`` rows, per-pseudo-epoch ``epochs`` rows and
+            a per-run ``summary`` (see :class:`~subsetlab.analytics.SelectionAnalytics`).
     """
 
     strategy: str
@@ -192,6 +198,7 @@ class RunResult:
     series: dict[str, list] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     peak_memory_bytes: int = 0
+    analytics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -244,8 +251,27 @@ class Trainer:
 
         Divergence (NaN/inf loss), a failing strategy hook, an invalid selection and a timeout
         end the run with ``status="failed"`` and the reason; nothing is raised for those.
-        Invalid inputs (missing validation split for a strategy that needs one, bad device)
-        raise before training starts.
+        Invalid inputs raise :class:`~subsetlab.errors.DataError` before training starts: an
+        empty training or test split, a validation or test split whose feature shape differs
+        from the training split's or whose labels reach past its classes, a missing or empty
+        validation split for a strategy that needs one, a CUDA device that is not there.
+        (Non-finite features and non-integer or out-of-range labels are already refused by
+        :class:`~subsetlab.data.base.IndexedDataset`.)
+
+        Documented fallbacks, not errors:
+
+        * A budget smaller than one batch (``ceil(f*N) < B``): each pseudo-epoch is one step on
+          ``min(B, ceil(f*N))`` examples; every strategy trains that many per step.
+        * A budget smaller than the number of classes: per-class strategies give the
+          largest-remainder classes one example each, so some classes go unselected in that
+          selection.
+        * A class with no training example (possible with hand-built splits;
+          :func:`~subsetlab.data.load_data` and :func:`~subsetlab.data.make_splits` refuse
+          it): per-class strategies skip the class. A class with fewer examples than its
+          proportional quota gets all its examples and the remainder goes to other classes.
+        * A validation split that misses some classes, even one of a single example: a
+          strategy that needs one (Glister) still runs; its validation objective only sees
+          the classes present.
 
         Args:
             strategy: A strategy instance (fresh: ``setup`` is called here).
@@ -253,13 +279,18 @@ class Trainer:
             data: Train / val / test splits.
             seed: Run seed; batches, augmentation and the strategy's generator derive from it.
             run_key: Identifies the run in checkpoints (a checkpoint of another run is ignored).
-            resume: Resume from ``checkpoint_path`` when a matching checkpoint exists.
+            resume: Resume from ``checkpoint_path`` when a matching checkpoint exists. It is
+                read with ``torch.load(weights_only=True)``; a file that cannot be read that way
+                (tampered with, corrupt, not subsetlab's) raises
+                :class:`~subsetlab.errors.CheckpointError` before anything in it runs, and a
+                checkpoint of another run (``run_key``) is ignored.
             stop_after_steps: Stop (as if interrupted) after this many global steps; for tests
                 of checkpoint/resume.
         """
         cfg = self.config
         caps = strategy.capabilities
         name = strategy.name
+        _check_splits(data)
         if caps.needs_validation and (data.val is None or len(data.val) == 0):
             raise DataError(
                 f"Strategy {name!r} needs a validation split, but the data has none. Set "
@@ -287,6 +318,9 @@ class Trainer:
         test = data.test.to(device) if on_device else data.test
         budget = Budget.make(len(train), cfg.fraction, cfg.batch_size, cfg.epochs, strategy.capabilities.budget)
         S, total = budget.steps_per_epoch, budget.total_steps
+        # rows per step: B, or the whole budget when it is smaller than one batch, so that every
+        # strategy (SGD-truncated's full-size selection included) spends f*N*E backprops
+        step_rows = min(cfg.batch_size, budget.subset_size)
         model.to(device)
         optimizer = torch.optim.SGD(
             model.parameters(),
@@ -317,6 +351,11 @@ class Trainer:
         )
         result = RunResult(strategy=name, budget=asdict(budget))
         times = {"train": 0.0, "select": 0.0, "eval": 0.0, "checkpoint": 0.0}
+        analytics = None if cfg.analytics == "off" else SelectionAnalytics(
+            train, budget, device, cfg.analytics, model, cfg.eval_batch_size
+        )
+        if analytics is not None:
+            times["analytics"] = 0.0
         counters = {"backprop_examples": 0, "steps": 0}
         history: list[dict[str, Any]] = []
         sel_log: list[dict[str, Any]] = []
@@ -340,9 +379,11 @@ class Trainer:
                 s = ckpt["selection"]
                 if s is not None:
                     selection = Selection(s["indices"], s["weights"], s["batches"], s["diagnostics"])
-                    stream = BatchStream(selection, cfg.batch_size, gens["batches"])
+                    stream = BatchStream(selection, step_rows, gens["batches"])
                     stream.load_state_dict(ckpt["stream"])
                 history, sel_log = list(ckpt["history"]), list(ckpt["selection_log"])
+                if analytics is not None and ckpt.get("analytics") is not None:
+                    analytics.load_state_dict(ckpt["analytics"])
                 times.update(ckpt["times"])
                 counters.update(ckpt["counters"])
                 start_step, elapsed_before = int(ckpt["step"]), float(ckpt["elapsed"])
@@ -360,7 +401,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 if selection is None or self._hook(name, "should_select", strategy.should_select, state):
                     selection = self._select(strategy, state, len(train), budget)
-                    stream = BatchStream(selection, cfg.batch_size, gens["batches"])
+                    stream = BatchStream(selection, step_rows, gens["batches"])
                     state.selections += 1
                     _sync(device)
                     secs = time.perf_counter() - t0
@@ -377,6 +418,11 @@ class Trainer:
                 _sync(device)
                 t1 = time.perf_counter()
                 times["select"] += t1 - t0
+                if analytics is not None and sel_log and sel_log[-1]["step"] == step:
+                    analytics.on_selection(step, selection)
+                    _sync(device)
+                    times["analytics"] += time.perf_counter() - t1
+                    t1 = time.perf_counter()
 
                 # --- one weighted training step
                 pos = stream.next()
@@ -419,6 +465,11 @@ class Trainer:
                 self._hook(name, "on_step_end", strategy.on_step_end, state, info)
                 _sync(device)
                 times["select"] += time.perf_counter() - t2
+                if analytics is not None:
+                    t5 = time.perf_counter()
+                    analytics.on_step(step, info)
+                    _sync(device)
+                    times["analytics"] += time.perf_counter() - t5
 
                 done = step + 1
                 elapsed = elapsed_before + time.perf_counter() - t_start
@@ -456,7 +507,7 @@ class Trainer:
                         self._save_checkpoint(
                             run_key, done, model, optimizer, strategy, gens, meters, selection,
                             stream, history, sel_log, times, counters,
-                            elapsed_before + time.perf_counter() - t_start,
+                            elapsed_before + time.perf_counter() - t_start, analytics,
                         )
                         times["checkpoint"] += time.perf_counter() - t4
                 if self.progress is not None and self.dist.is_main:
@@ -490,6 +541,10 @@ class Trainer:
             "hvp_examples": meters.hvp_examples,
         }
         result.selections = {"count": len(sel_log), "sizes": [s["size"] for s in sel_log], "log": sel_log}
+        if analytics is not None:
+            result.analytics = analytics.summary()
+            if cfg.analytics == "full":
+                result.work["analytics_forward_examples"] = analytics.forward_examples
         result.series = {k: [list(p) for p in v] for k, v in meters.series.items()}
         result.peak_memory_bytes = _peak_memory(device)
         return result
@@ -499,7 +554,7 @@ class Trainer:
             return fn(*args)
         except (SubsetlabError, KeyboardInterrupt):
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() fails its run, not the suite
             tb = traceback.format_exc(limit=-3)
             raise StrategyFailure(
                 f"Strategy {name!r} raised {type(exc).__name__} in {hook}(): {exc}\n{tb}", name
@@ -521,7 +576,7 @@ class Trainer:
 
     # --------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, run_key, step, model, optimizer, strategy, gens, meters, selection, stream,
-                         history, sel_log, times, counters, elapsed) -> None:
+                         history, sel_log, times, counters, elapsed, analytics=None) -> None:
         if not self.dist.is_main:
             return
         path = self.checkpoint_path
@@ -532,7 +587,7 @@ class Trainer:
             "step": step,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "strategy": strategy.state_dict(),
+            "strategy": self._hook(strategy.name, "state_dict", strategy.state_dict),
             "generators": {k: g.get_state() for k, g in gens.items()},
             "torch_rng": torch.get_rng_state(),
             "meters": meters.state_dict(),
@@ -549,6 +604,7 @@ class Trainer:
             "selection_log": sel_log,
             "times": dict(times),
             "counters": dict(counters),
+            "analytics": None if analytics is None else analytics.state_dict(),
             "elapsed": elapsed,
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -559,7 +615,18 @@ class Trainer:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return None
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        try:
+            # weights_only: tensors and primitive containers only; a global named in the file
+            # (a crafted __reduce__) is refused before it is called
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is refused the same way
+            first = str(exc).strip().splitlines()
+            raise CheckpointError(
+                f"Refused to resume from checkpoint {str(path)!r}: it cannot be loaded safely "
+                f"with weights_only=True ({type(exc).__name__}: {first[0] if first else ''}). It "
+                f"was not written by subsetlab, is corrupt, or was tampered with; nothing from it "
+                f"was run or used. Delete it to start the run afresh, or pass resume=False."
+            ) from None
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("run_key") != run_key:
             return None
         for k in ("generators", "torch_rng"):
@@ -574,6 +641,35 @@ class Trainer:
         if ckpt["stream"] is not None and ckpt["stream"]["order"] is not None:
             ckpt["stream"]["order"] = ckpt["stream"]["order"].cpu()
         return ckpt
+
+
+def _check_splits(data: DataSplits) -> None:
+    """Refuse splits that would fail (or silently mislead) only after training started."""
+    train = data.train
+    if len(train) == 0:
+        raise DataError(f"The training split {train.name!r} is empty; there is nothing to train on.")
+    for role, ds in (("validation", data.val), ("test", data.test)):
+        if ds is None:
+            continue
+        if len(ds) == 0:
+            if role == "test":
+                raise DataError(
+                    f"The test split {ds.name!r} is empty; every run is evaluated on it. Give at "
+                    f"least one test example."
+                )
+            continue
+        if ds.input_shape != train.input_shape:
+            raise DataError(
+                f"The {role} split {ds.name!r} has examples of shape {ds.input_shape} but the "
+                f"training split {train.input_shape}; all splits must have the same feature shape."
+            )
+        top = int(ds.labels.max())
+        if top >= train.num_classes:
+            raise DataError(
+                f"The {role} split {ds.name!r} has label {top} but the training split has "
+                f"{train.num_classes} classes (labels 0..{train.num_classes - 1}); build every "
+                f"split with the same num_classes."
+            )
 
 
 def jsonable(obj: Any) -> Any:

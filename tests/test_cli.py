@@ -104,7 +104,7 @@ def test_run_then_resume_then_report(suite_file, tmp_path, capsys):
     assert main(["report", str(results), "--out", str(out_dir), "--format", "csv", "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "| synthetic | mlp | 0.25 | sgd-truncated |" in out
-    assert sorted(p.name for p in out_dir.iterdir()) == ["report.csv"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["analytics.csv", "report.csv"]  # csv only, no plots
 
 
 def test_run_overrides_and_default_results_path(suite_file, tmp_path, monkeypatch, capsys):

@@ -7,7 +7,8 @@
 - ``accuracy_vs_time.png``: the same curves against wall-clock seconds (mean over seeds);
 - ``relative_error_vs_budget.png``: relative error against the budget (mean ± std), only when
   a dataset / model has more than one budget;
-- ``time_breakdown.png``: stacked bars of train / select / eval / other seconds per strategy.
+- ``time_breakdown.png``: stacked bars of train / select / eval / other seconds per strategy;
+- the selection-analytics plots of :mod:`subsetlab.bench.analytics`, when runs carry analytics.
 
 No pyplot and no global matplotlib state: figures are drawn on their own Agg canvases.
 """
@@ -243,7 +244,8 @@ def make_plots(source: str | os.PathLike | Iterable[dict[str, Any]], out_dir: st
     """Draw the plots of a results file (or records) into ``out_dir``; return the files written.
 
     Plots with nothing to show (no successful run; one budget only, for the relative-error
-    plot) are not written.
+    plot) are not written. Runs with selection analytics add the plots of
+    :func:`subsetlab.bench.analytics.make_analytics_plots`.
     """
     records = load_runs(source) if isinstance(source, (str, os.PathLike)) else list(source)
     views = run_views(records)
@@ -259,4 +261,6 @@ def make_plots(source: str | os.PathLike | Iterable[dict[str, Any]], out_dir: st
         _rel_err_plot(out / PLOT_FILES[2], views, colors),
         _time_plot(out / PLOT_FILES[3], ok) if ok else None,
     ]
-    return [p for p in written if p is not None]
+    from subsetlab.bench.analytics import make_analytics_plots
+
+    return [p for p in written if p is not None] + make_analytics_plots(views, out)

@@ -51,7 +51,7 @@ __all__ = [
 
 FULL = "full"
 #: Trainer fields that do not change what is computed (left out of the "setting").
-_NOT_SETTING = ("fraction", "device", "max_seconds", "checkpoint_every")
+_NOT_SETTING = ("fraction", "device", "max_seconds", "checkpoint_every", "analytics")
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,8 @@ class RunView:
             ``hvp_examples``.
         selections: Number of selections.
         history: Per-evaluation rows of the run (epoch, test_acc, wall...).
+        analytics: The run's selection analytics (``RunResult.analytics``; empty for runs
+            recorded without them).
     """
 
     key: str
@@ -132,6 +134,7 @@ class RunView:
     work: dict[str, float | None] = field(default_factory=dict)
     selections: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    analytics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_full(self) -> bool:
@@ -176,6 +179,7 @@ def _view(rec: dict[str, Any]) -> RunView:
         work={k: _num(w.get(k)) for k in ("backprop_examples", "forward_examples", "backward_examples", "hvp_examples")},
         selections=_num(sel.get("count")),
         history=list(res.get("history") or []),
+        analytics=dict(res.get("analytics") or {}),
     )
 
 
@@ -385,6 +389,9 @@ def write_report(
 ) -> dict[str, Path]:
     """Aggregate and write ``report.md`` / ``report.csv`` into ``out_dir``.
 
+    When runs carry selection analytics, ``analytics.md`` / ``analytics.csv`` are written too
+    (:func:`subsetlab.bench.analytics.write_analytics`).
+
     Args:
         source: A results file path, or records.
         out_dir: Output directory (created).
@@ -392,7 +399,7 @@ def write_report(
         title: Heading of the Markdown file (default: the results file name).
 
     Returns:
-        Format to written path.
+        Format (and ``analytics_md`` / ``analytics_csv``) to written path.
     """
     if isinstance(source, (str, os.PathLike)):
         title = title or f"Results: {Path(source).name}"
@@ -413,4 +420,7 @@ def write_report(
         else:
             raise ValueError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
         written[fmt] = p
+    from subsetlab.bench.analytics import write_analytics
+
+    written.update(write_analytics(records, out, formats, title=f"Selection analytics ({title})" if title else None))
     return written
