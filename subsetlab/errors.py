@@ -20,6 +20,8 @@ __all__ = [
     "StrategyFailure",
     "CheckpointError",
     "MissingDependencyError",
+    "missing_dependency",
+    "unknown_name_message",
 ]
 
 
@@ -97,6 +99,15 @@ class CheckpointError(SubsetlabError, ValueError):
 
 class MissingDependencyError(SubsetlabError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+def unknown_name_message(kind: str, name: object, known: list[str]) -> str:
+    """``"Unknown <kind> 'x'. Did you mean 'y'? Registered <kind>s: a, b."`` for a registry miss."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Unknown {kind} {name!r}.{hint} Registered {kind}s: {', '.join(known) if known else '(none)'}."
 
 
 def missing_dependency(module: str, extra: str) -> MissingDependencyError:

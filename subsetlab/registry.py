@@ -8,7 +8,6 @@ Built-in and third-party strategies arrive the same way: through the entry-point
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import threading
@@ -18,7 +17,13 @@ from importlib import metadata
 from typing import Any
 
 from subsetlab.config import StrategyConfig, validate
-from subsetlab.errors import ConfigError, DuplicateStrategyError, RegistryError, UnknownStrategyError
+from subsetlab.errors import (
+    ConfigError,
+    DuplicateStrategyError,
+    RegistryError,
+    UnknownStrategyError,
+    unknown_name_message,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -219,13 +224,7 @@ def _lookup(name: str) -> StrategyInfo:
     try:
         return _registry[name]
     except KeyError:
-        known = sorted(_registry)
-        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownStrategyError(
-            f"Unknown strategy {name!r}.{hint} Registered strategies: "
-            f"{', '.join(known) if known else '(none)'}."
-        ) from None
+        raise UnknownStrategyError(unknown_name_message("strategy", name, sorted(_registry))) from None
 
 
 def get(name: str) -> type:

@@ -8,7 +8,6 @@ augmentation, the same way for every data set.
 
 from __future__ import annotations
 
-import difflib
 import re
 import threading
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from pydantic import BaseModel
 from subsetlab.config import DataConfig, FrozenConfig, validate
 from subsetlab.data.augment import AugmentPolicy
 from subsetlab.data.base import IndexedDataset
-from subsetlab.errors import ConfigError, RegistryError
+from subsetlab.errors import ConfigError, RegistryError, unknown_name_message
 
 __all__ = [
     "Loader",
@@ -130,12 +129,7 @@ def get_loader(name: str) -> Loader:
         fn = _registry.get(name)
         known = sorted(_registry)
     if fn is None:
-        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"Unknown dataset {name!r}.{hint} Registered datasets: "
-            f"{', '.join(known) if known else '(none)'}."
-        )
+        raise ConfigError(unknown_name_message("dataset", name, known))
     return fn
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import threading
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from subsetlab.config import FrozenConfig, ModelConfig, validate
-from subsetlab.errors import ConfigError, RegistryError
+from subsetlab.errors import ConfigError, RegistryError, unknown_name_message
 from subsetlab.models.check import check_model
 from subsetlab.seeding import derive_seed
 
@@ -129,11 +128,7 @@ def model_info(name: str) -> ModelInfo:
         info = _registry.get(name)
         known = sorted(_registry)
     if info is None:
-        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"Unknown model {name!r}.{hint} Registered models: {', '.join(known) if known else '(none)'}."
-        )
+        raise ConfigError(unknown_name_message("model", name, known))
     return info
 
 
