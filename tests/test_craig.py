@@ -15,20 +15,25 @@ from subsetlab import registry
 from subsetlab.data.base import DataSplits, IndexedDataset
 from subsetlab.embeddings import Embeddings, GradientEmbedder
 from subsetlab.errors import ConfigError, SelectionError
-from subsetlab.protocol import Budget, DistView, SelectionContext, TrainState, WorkMeters
+from subsetlab.protocol import (
+    Budget,
+    DistView,
+    SelectionContext,
+    TrainState,
+    WorkMeters,
+)
 from subsetlab.seeding import torch_generator
 from subsetlab.submodular import facility_location_embeddings
-from subsetlab.testing import StrategyConformance, TinyProblem, tiny_model, tiny_problem, tiny_trainer_config
+from subsetlab.testing import (
+    StrategyConformance,
+    TinyProblem,
+    tiny_model,
+    tiny_problem,
+    tiny_trainer_config,
+)
 from subsetlab.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: intra-op threads only add overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _emb(x: torch.Tensor, y: torch.Tensor, features: torch.Tensor | None = None) -> Embeddings:

@@ -47,14 +47,7 @@ from subsetlab.testing import (
 )
 from subsetlab.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add overhead (10x on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(strategy: CrestStrategy, problem: TinyProblem | None = None, seed: int = 0, model: nn.Module | None = None):

@@ -19,21 +19,26 @@ from strategies.glister import (
 )
 from subsetlab.embeddings import Embeddings, GradientEmbedder
 from subsetlab.errors import DataError
-from subsetlab.protocol import Budget, DistView, SelectionContext, TrainState, WorkMeters
+from subsetlab.protocol import (
+    Budget,
+    DistView,
+    SelectionContext,
+    TrainState,
+    WorkMeters,
+)
 from subsetlab.seeding import torch_generator
-from subsetlab.testing import StrategyConformance, tiny_model, tiny_problem, tiny_trainer_config
+from subsetlab.testing import (
+    StrategyConformance,
+    tiny_model,
+    tiny_problem,
+    tiny_trainer_config,
+)
 from subsetlab.trainer import Trainer
 
 C, D = 3, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: intra-op threads only add overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_problem(seed: int = 0, n: int = 12, n_val: int = 15):

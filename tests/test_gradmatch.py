@@ -9,25 +9,34 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from strategies._common import batch_means, class_gradient_slice, class_members, random_partition
+from strategies._common import (
+    batch_means,
+    class_gradient_slice,
+    class_members,
+    random_partition,
+)
 from strategies.gradmatch import GradMatchConfig, GradMatchStrategy, gradmatch_selection
 from subsetlab import registry
 from subsetlab.embeddings import Embeddings, GradientEmbedder
 from subsetlab.errors import ConfigError, DataError
-from subsetlab.protocol import Budget, DistView, SelectionContext, TrainState, WorkMeters
+from subsetlab.protocol import (
+    Budget,
+    DistView,
+    SelectionContext,
+    TrainState,
+    WorkMeters,
+)
 from subsetlab.seeding import torch_generator
 from subsetlab.submodular import nn_omp
-from subsetlab.testing import StrategyConformance, tiny_model, tiny_problem, tiny_trainer_config
+from subsetlab.testing import (
+    StrategyConformance,
+    tiny_model,
+    tiny_problem,
+    tiny_trainer_config,
+)
 from subsetlab.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: intra-op threads only add overhead."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _emb(x: torch.Tensor, y: torch.Tensor, features: torch.Tensor | None = None) -> Embeddings:

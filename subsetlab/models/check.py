@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from subsetlab.embeddings import find_last_linear
 from subsetlab.errors import ConfigError
 
 __all__ = ["check_model"]
@@ -33,15 +34,13 @@ def check_model(model: nn.Module, input_shape: tuple[int, ...], num_classes: int
     if not isinstance(model, nn.Module):
         raise ConfigError(f"A model must be a torch.nn.Module. Got {type(model).__name__} instead.")
     label = type(model).__name__
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    if last is None:
+    try:
+        last = find_last_linear(model)
+    except ConfigError:
         raise ConfigError(
             f"{label} has no nn.Linear layer; subsetlab needs the output layer to be an "
             f"nn.Linear producing the logits (add one as the last layer)."
-        )
+        ) from None
     if last.out_features != num_classes:
         raise ConfigError(
             f"The last nn.Linear of {label} has out_features={last.out_features}, but the data "
