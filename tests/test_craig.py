@@ -7,26 +7,22 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from strategies._common import batch_means, bias_weight, class_members, random_partition
 from strategies.craig import CraigConfig, CraigStrategy, craig_selection
 from subsetlab import registry
 from subsetlab.data.base import DataSplits, IndexedDataset
-from subsetlab.embeddings import Embeddings, GradientEmbedder
+from subsetlab.embeddings import Embeddings
 from subsetlab.errors import ConfigError, SelectionError
 from subsetlab.protocol import (
     Budget,
-    DistView,
-    SelectionContext,
     TrainState,
-    WorkMeters,
 )
-from subsetlab.seeding import torch_generator
 from subsetlab.submodular import facility_location_embeddings
 from subsetlab.testing import (
     StrategyConformance,
     TinyProblem,
+    make_context,
     tiny_model,
     tiny_problem,
     tiny_trainer_config,
@@ -50,13 +46,7 @@ def _random_problem(seed: int, n: int = 240, C: int = 4, dtype=torch.float64):
 
 def _ctx(strategy, data: DataSplits, model, seed: int = 0, fraction: float = 0.1, batch_size: int = 16):
     budget = Budget.make(len(data.train), fraction, batch_size, 3)
-    ctx = SelectionContext(
-        train=data.train, val=data.val, model=model,
-        loss_fn=lambda z, y: F.cross_entropy(z, y, reduction="none"),
-        embedder=GradientEmbedder(model, "cpu"), device=torch.device("cpu"),
-        generator=torch_generator(seed, "strategy"), seed=seed, budget=budget, dist=DistView(),
-        meters=WorkMeters(),
-    )
+    ctx = make_context(data, model, budget, seed)
     strategy.setup(ctx)
     return ctx, TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.05, model, 0)
 

@@ -26,21 +26,17 @@ from strategies._crest_subsets import (
 from strategies.crest import CrestConfig, CrestStrategy, next_t1_and_p
 from strategies.random import stratified_quotas
 from subsetlab import registry
-from subsetlab.embeddings import GradientEmbedder
 from subsetlab.errors import ConfigError
 from subsetlab.protocol import (
     Budget,
-    DistView,
-    SelectionContext,
     TrainState,
-    WorkMeters,
 )
-from subsetlab.seeding import torch_generator
 from subsetlab.submodular import facility_location
 from subsetlab.submodular import similarity as fl_similarity
 from subsetlab.testing import (
     TinyProblem,
     check_strategy,
+    make_context,
     tiny_model,
     tiny_problem,
     tiny_trainer_config,
@@ -56,19 +52,7 @@ def _ctx(strategy: CrestStrategy, problem: TinyProblem | None = None, seed: int 
     data = tiny_problem(seed, problem)
     model = model if model is not None else tiny_model(seed, problem)
     budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs)
-    ctx = SelectionContext(
-        train=data.train,
-        val=data.val,
-        model=model,
-        loss_fn=lambda z, y: F.cross_entropy(z, y, reduction="none"),
-        embedder=GradientEmbedder(model, "cpu"),
-        device=torch.device("cpu"),
-        generator=torch_generator(seed, "strategy"),
-        seed=seed,
-        budget=budget,
-        dist=DistView(),
-        meters=WorkMeters(),
-    )
+    ctx = make_context(data, model, budget, seed)
     strategy.setup(ctx)
     state = TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.05, model, 0)
     return ctx, state

@@ -17,18 +17,15 @@ from strategies.glister import (
     taylor_gains,
     validation_gradient,
 )
-from subsetlab.embeddings import Embeddings, GradientEmbedder
+from subsetlab.embeddings import Embeddings
 from subsetlab.errors import DataError
 from subsetlab.protocol import (
     Budget,
-    DistView,
-    SelectionContext,
     TrainState,
-    WorkMeters,
 )
-from subsetlab.seeding import torch_generator
 from subsetlab.testing import (
     StrategyConformance,
+    make_context,
     tiny_model,
     tiny_problem,
     tiny_trainer_config,
@@ -211,12 +208,7 @@ def test_needs_validation_and_the_trainer_refuses_a_run_without_it():
 def test_strategy_steps_at_the_current_learning_rate_and_counts_forwards():
     data, model = tiny_problem(0), tiny_model(0)
     budget = Budget.make(len(data.train), 0.25, 16, 3)
-    ctx = SelectionContext(
-        train=data.train, val=data.val, model=model,
-        loss_fn=lambda z, y: F.cross_entropy(z, y, reduction="none"),
-        embedder=GradientEmbedder(model, "cpu"), device=torch.device("cpu"),
-        generator=torch_generator(0, "strategy"), seed=0, budget=budget, dist=DistView(), meters=WorkMeters(),
-    )
+    ctx = make_context(data, model, budget, 0)
     s = GlisterStrategy(embedding="bias_weight")
     s.setup(ctx)
     sel = s.select(TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.0123, model, 0))

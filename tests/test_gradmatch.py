@@ -21,15 +21,12 @@ from subsetlab.embeddings import Embeddings, GradientEmbedder
 from subsetlab.errors import ConfigError, DataError
 from subsetlab.protocol import (
     Budget,
-    DistView,
-    SelectionContext,
     TrainState,
-    WorkMeters,
 )
-from subsetlab.seeding import torch_generator
 from subsetlab.submodular import nn_omp
 from subsetlab.testing import (
     StrategyConformance,
+    make_context,
     tiny_model,
     tiny_problem,
     tiny_trainer_config,
@@ -54,13 +51,7 @@ def _softmax_grads(n: int, C: int, g: torch.Generator) -> tuple[torch.Tensor, to
 def _ctx(strategy, seed: int = 0):
     data, model = tiny_problem(seed), tiny_model(seed)
     budget = Budget.make(len(data.train), 0.25, 16, 3)
-    ctx = SelectionContext(
-        train=data.train, val=data.val, model=model,
-        loss_fn=lambda z, y: F.cross_entropy(z, y, reduction="none"),
-        embedder=GradientEmbedder(model, "cpu"), device=torch.device("cpu"),
-        generator=torch_generator(seed, "strategy"), seed=seed, budget=budget, dist=DistView(),
-        meters=WorkMeters(),
-    )
+    ctx = make_context(data, model, budget, seed)
     strategy.setup(ctx)
     return ctx, TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.05, model, 0)
 

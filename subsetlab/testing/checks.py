@@ -28,8 +28,16 @@ from torch import nn
 from subsetlab import registry
 from subsetlab.config import StrategyConfig, TrainerConfig
 from subsetlab.data.base import DataSplits, IndexedDataset
+from subsetlab.embeddings import GradientEmbedder
 from subsetlab.errors import ConfigError
-from subsetlab.protocol import Budget, Selection, SelectionStrategy
+from subsetlab.protocol import (
+    Budget,
+    DistView,
+    Selection,
+    SelectionContext,
+    SelectionStrategy,
+    WorkMeters,
+)
 from subsetlab.seeding import torch_generator
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "iter_checks",
     "check_strategy",
     "CheckReport",
+    "make_context",
 ]
 
 StrategySpec = str | dict | StrategyConfig
@@ -139,16 +148,14 @@ def check_config_rejects_unknown_keys(spec: StrategySpec) -> None:
         raise AssertionError("the config is not frozen")
 
 
-def _first_selection(spec: StrategySpec, seed: int) -> Selection:
-    from subsetlab.embeddings import GradientEmbedder
-    from subsetlab.protocol import DistView, SelectionContext, TrainState, WorkMeters
+def make_context(data: DataSplits, model: nn.Module, budget: Budget, seed: int = 0) -> SelectionContext:
+    """A CPU :class:`~subsetlab.protocol.SelectionContext` built the way the trainer builds one.
 
-    problem = TinyProblem()
-    data = tiny_problem(seed, problem)
-    model = tiny_model(seed, problem)
-    strategy = registry.create(_config(spec))
-    budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities.budget)
-    ctx = SelectionContext(
+    For unit tests that call a strategy's hooks directly (``setup``, ``select``...) without a
+    training loop: cross-entropy loss, a fresh embedder and meters, the strategy generator
+    derived from ``seed`` exactly as in :class:`~subsetlab.trainer.Trainer`.
+    """
+    return SelectionContext(
         train=data.train,
         val=data.val,
         model=model,
@@ -161,6 +168,17 @@ def _first_selection(spec: StrategySpec, seed: int) -> Selection:
         dist=DistView(),
         meters=WorkMeters(),
     )
+
+
+def _first_selection(spec: StrategySpec, seed: int) -> Selection:
+    from subsetlab.protocol import TrainState
+
+    problem = TinyProblem()
+    data = tiny_problem(seed, problem)
+    model = tiny_model(seed, problem)
+    strategy = registry.create(_config(spec))
+    budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities.budget)
+    ctx = make_context(data, model, budget, seed)
     strategy.setup(ctx)
     state = TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.05, model, 0)
     return strategy.select(state)
