@@ -22,6 +22,7 @@ from subsetlab.errors import SelectionError
 from subsetlab.protocol import EpochwiseStrategy, Selection, SelectionContext, TrainState
 
 __all__ = [
+    "SINGLE_PROCESS_NOTE",
     "BaselineConfig",
     "BaselineStrategy",
     "embed",
@@ -37,6 +38,15 @@ __all__ = [
     "random_fill",
     "as_float",
 ]
+
+
+#: Why CRAIG, GradMatch and Glister refuse distributed runs (their ``distributed_note`` ends with it).
+SINGLE_PROCESS_NOTE = (
+    "A distributed version needs per-shard selection merged by a second greedy pass (GreeDi), "
+    "which is not implemented; repeating the whole selection on every rank would leave its cost, "
+    "most of these methods' time, undivided and need bit-identical greedy choices on every rank. "
+    "Run it in one process; spread a suite's runs with --workers or a Dask cluster (--cluster)"
+)
 
 
 class BaselineConfig(EpochwiseConfig):

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LossRecords", "examples_to_drop"]
+__all__ = ["LossRecords", "drop_mask", "examples_to_drop"]
 
 
 class LossRecords:
@@ -82,6 +82,14 @@ def examples_to_drop(
         ``[N]`` bool mask of the examples to remove.
     """
     held, mx = records.summary()
+    return drop_mask(held, mx, pool, alpha, min_records, floor)
+
+
+def drop_mask(
+    held: torch.Tensor, mx: torch.Tensor, pool: torch.Tensor, alpha: float, min_records: int, floor: int
+) -> torch.Tensor:
+    """:func:`examples_to_drop` from a records summary ``(held, max_loss)`` (e.g. all-reduced
+    over ranks: held summed, the largest loss taken)."""
     pool = pool.to(held.device)
     eligible = pool & (held >= int(min_records)) & (mx < float(alpha))
     room = int(pool.sum()) - int(floor)

@@ -43,6 +43,7 @@ import torch
 from pydantic import Field, model_validator
 
 from strategies._common import (
+    SINGLE_PROCESS_NOTE,
     BaselineConfig,
     BaselineStrategy,
     as_float,
@@ -210,7 +211,13 @@ class CraigStrategy(BaselineStrategy):
 
     name = "craig"
     Config = CraigConfig
-    capabilities = Capabilities(needs_validation=False, supports_distributed=False, stochastic=True)
+    capabilities = Capabilities(
+        needs_validation=False,
+        supports_distributed=False,
+        distributed_note="CRAIG solves facility location over every class of the whole training set. "
+        + SINGLE_PROCESS_NOTE,
+        stochastic=True,
+    )
 
     def select_subset(self, state: TrainState) -> Selection:
         """Embed the training set, then :func:`craig_selection`."""

@@ -39,7 +39,7 @@ import torch
 from pydantic import Field, model_validator
 from torch.nn import functional as F
 
-from strategies._crest_drop import LossRecords, examples_to_drop
+from strategies._crest_drop import LossRecords, drop_mask
 from strategies._crest_quadratic import (
     QuadraticModel,
     flat_params,
@@ -63,6 +63,7 @@ from subsetlab.protocol import (
     TrainState,
 )
 from subsetlab.registry import register
+from subsetlab.seeding import torch_generator
 
 __all__ = ["CrestConfig", "CrestStrategy", "next_t1_and_p"]
 
@@ -251,14 +252,25 @@ class CrestStrategy(SelectionStrategy):
     (the fit then reuses the round's forward pass and costs almost nothing) and
     ``fit_batches`` bound the parts that are not part of the method's definition.
 
-    Distributed training is not supported yet; the draw (:meth:`draw_round`), the per-rank
-    selection (:meth:`select_coresets`) and the decision (:meth:`decide`) are kept apart so
-    that ranks can later split the subsets (``p % world == rank``) and all-reduce ``rho``.
+    Distributed (``W`` ranks): every rank draws the same ``P`` subsets from the shared
+    generator (``P`` rounded up to a multiple of ``W``), keeps those with ``p % W == rank``,
+    forwards only their union and selects their mini-batch coresets of ``B / W`` rows (its
+    share of the global batch), so a training step combines ``W`` coresets of ``W`` different
+    subsets and DDP averages their gradients. ``L0`` and ``L_true`` are all-reduced (sum and
+    count), the fit's gradient and Hutchinson products are all-reduced (same probes on every
+    rank), dropping uses the all-reduced loss records (count summed, largest loss), and the
+    decision is all-reduced too, so every rank sees the same ``rho``, ``T1``, ``P`` and pool and
+    takes the same branch at the same step. ``check_size`` and ``fit_batches`` are global
+    figures, split over the ranks.
     """
 
     name = "crest"
     Config = CrestConfig
-    capabilities = Capabilities(supports_distributed=False, stochastic=True)
+    capabilities = Capabilities(
+        supports_distributed=True,
+        distributed_note="Ranks split the P random subsets (p % W == rank) and all-reduce every decision.",
+        stochastic=True,
+    )
     config: CrestConfig
 
     # ------------------------------------------------------------------ setup
@@ -267,6 +279,12 @@ class CrestStrategy(SelectionStrategy):
         super().setup(ctx)
         cfg = self.config
         n = len(ctx.train)
+        self.world_, self.rank_ = int(ctx.dist.world_size), int(ctx.dist.rank)
+        # rank-local draws (the check subsample) must not advance the shared generator, which
+        # every rank has to keep in step; a single process keeps using the shared one
+        self.rank_gen_ = (
+            ctx.generator if self.world_ == 1 else torch_generator(ctx.seed, "crest-rank", self.rank_)
+        )
         self.n_ = n
         self.num_classes_ = int(ctx.train.num_classes)
         self.labels_cpu_ = ctx.train.labels.cpu()
@@ -276,7 +294,7 @@ class CrestStrategy(SelectionStrategy):
         self.r_ = min(n, max(math.ceil(round(cfg.r_fraction * n, 6)), ctx.batch_size, self.num_classes_))
         self.t1_max_ = int(cfg.t1_max or self.steps_per_epoch_)
         self.T1_ = min(cfg.t1_init, self.t1_max_)
-        self.P_ = int(cfg.p_init)
+        self.P_ = self._ranks_multiple(int(cfg.p_init))
         if cfg.curvature == "last_layer":
             self.last_ = find_last_linear(ctx.model)
             params = [p for p in self.last_.parameters() if p.requires_grad]
@@ -301,6 +319,20 @@ class CrestStrategy(SelectionStrategy):
         self.next_drop_epoch_ = self.drop_every_
         self.dropped_ = 0
         self.records_ = LossRecords(n, cfg.loss_window, ctx.device) if cfg.drop else None
+
+    def _ranks_multiple(self, p: int) -> int:
+        """``p`` rounded up to a multiple of the world size (every rank gets as many subsets)."""
+        w = self.world_
+        return -(-int(p) // w) * w
+
+    def _global_mean(self, values: torch.Tensor) -> float:
+        """Mean of ``values`` over every rank's examples (this rank's alone in one process)."""
+        if self.world_ == 1:
+            return float(values.mean())
+        tot = self.ctx.dist.all_reduce(
+            torch.stack([values.double().sum().cpu(), torch.tensor(float(values.numel()), dtype=torch.float64)]), "sum"
+        )
+        return float(tot[0] / tot[1].clamp(min=1))
 
     @property
     def T1(self) -> int:
@@ -334,10 +366,13 @@ class CrestStrategy(SelectionStrategy):
         ctx, cfg = self.ctx, self.config
         dev = ctx.device
         subsets_cpu, _ = draw_subsets(self.class_pool_, P, self.r_, ctx.generator)
+        if self.world_ > 1:  # this rank's subsets: p % W == rank
+            subsets_cpu = subsets_cpu[self.rank_ :: self.world_]
         union_cpu, inverse_cpu = torch.unique(subsets_cpu, return_inverse=True)
         U = int(union_cpu.shape[0])
-        if cfg.check_size is not None and cfg.check_size < U:
-            check_pos = torch.sort(torch.randperm(U, generator=ctx.generator)[: cfg.check_size]).values.to(dev)
+        check_size = None if cfg.check_size is None else -(-cfg.check_size // self.world_)
+        if check_size is not None and check_size < U:
+            check_pos = torch.sort(torch.randperm(U, generator=self.rank_gen_)[:check_size]).values.to(dev)
         else:
             check_pos = torch.arange(U, device=dev)
         union = union_cpu.to(dev)
@@ -377,7 +412,10 @@ class CrestStrategy(SelectionStrategy):
         rnd.complete = True
 
     def select_coresets(self, rnd: _Round) -> Coresets:
-        """Mini-batch coresets of this rank's subsets (all of them in a single process)."""
+        """Mini-batch coresets of this rank's subsets (all of them in a single process).
+
+        Each keeps ``ctx.batch_size`` examples: ``B``, or ``B / W`` in a distributed run.
+        """
         emb = rnd.grads[rnd.inverse]  # [P, r, C]
         labels = rnd.labels[rnd.inverse]
         return minibatch_coresets(rnd.subsets, labels, emb, self.ctx.batch_size, self.num_classes_, self.config.similarity)
@@ -393,7 +431,10 @@ class CrestStrategy(SelectionStrategy):
         ctx, cfg = self.ctx, self.config
         dev = ctx.device
         P = idx.shape[0] // m
-        rows = min(P, cfg.fit_batches or P) * m
+        per_rank = None if cfg.fit_batches is None else -(-cfg.fit_batches // self.world_)
+        rows = min(P, per_rank or P) * m
+        # the model's loss is the weighted mean over every rank's fit rows
+        total = rows if self.world_ == 1 else int(ctx.dist.all_reduce(torch.tensor([rows], dtype=torch.long), "sum"))
         idx, w = idx[:rows], w[:rows].to(dev)
         if feats is not None:
             feats = feats[:rows]
@@ -412,7 +453,7 @@ class CrestStrategy(SelectionStrategy):
                     x, y = ctx.train.get(idx[s:e])
                     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                     z = model(x)
-                return (w[s:e] * ctx.loss_fn(z.float(), y)).sum() / rows
+                return (w[s:e] * ctx.loss_fn(z.float(), y)).sum() / total
 
             return loss
 
@@ -424,6 +465,8 @@ class CrestStrategy(SelectionStrategy):
             )
         finally:
             model.train(was)
+        if self.world_ > 1:  # the same probes on every rank: sums of z*(H_r z) give z*(H z)
+            g, d = ctx.dist.all_reduce(g, "sum"), ctx.dist.all_reduce(d, "sum")
         ctx.meters.add_backward(rows)
         ctx.meters.add_hvp(rows * len(probes))
         self.quad_.update(g, d, loss0)
@@ -439,7 +482,8 @@ class CrestStrategy(SelectionStrategy):
             if late_enough and (cfg.h0_reference == "first" or warm_done):
                 self.h0_norm_ = hn
             return
-        self.T1_, self.P_ = next_t1_and_p(self.h0_norm_, hn, cfg.h, cfg.b, self.steps_per_epoch_, self.t1_max_)
+        self.T1_, p = next_t1_and_p(self.h0_norm_, hn, cfg.h, cfg.b, self.steps_per_epoch_, self.t1_max_)
+        self.P_ = self._ranks_multiple(p)
 
     def predict_loss(self) -> float:
         """``F(delta)`` for the current parameters (``delta`` = displacement since the fit)."""
@@ -466,10 +510,10 @@ class CrestStrategy(SelectionStrategy):
                 feats = rnd.features[rnd.inverse.gather(1, cs.positions).reshape(-1)]
         if cfg.check_set == "fixed":
             self.check_idx_ = rnd.union[rnd.check_pos]
-            loss0 = float(rnd.losses[rnd.check_pos].mean())
+            loss0 = self._global_mean(rnd.losses[rnd.check_pos])
         else:
             self.check_idx_ = None
-            loss0 = float(rnd.losses.mean())
+            loss0 = self._global_mean(rnd.losses)
         with meters.timer("loss_approx"):
             self._fit(idx, w, m, loss0, feats)
         self.fits_ += 1
@@ -490,7 +534,7 @@ class CrestStrategy(SelectionStrategy):
             "pool": self.pool_size,
             "fit": self.fits_,
         }
-        return Selection(idx.cpu(), w.detach().cpu(), batches, diagnostics)
+        return Selection(idx.cpu(), w.detach().cpu(), batches, diagnostics, rank_local=self.world_ > 1)
 
     def should_select(self, state: TrainState) -> bool:
         """Every ``T1`` steps: measure ``rho``; True when ``rho > tau``. Drop decisions too."""
@@ -519,18 +563,25 @@ class CrestStrategy(SelectionStrategy):
         f_delta = self.predict_loss()
         rnd = None
         if self.config.check_set == "fixed":
-            l_true = float(self._forward(self.check_idx_).losses.mean())
+            l_true = self._global_mean(self._forward(self.check_idx_).losses)
         else:
             rnd = self.draw_round(self.P_, forward_all=False)
-            l_true = float(rnd.losses[rnd.check_pos].mean())
+            l_true = self._global_mean(rnd.losses[rnd.check_pos])
         rho = abs(l_true - f_delta) / max(abs(l_true), 1e-12)
         if not math.isfinite(rho):
             rho = math.inf
         return rho, l_true, f_delta, rnd
 
     def decide(self, rho: float) -> bool:
-        """The re-selection decision (one place, to be all-reduced across ranks later)."""
-        return rho > self.config.tau
+        """The re-selection decision, all-reduced: every rank re-selects if any rank would.
+
+        ``rho`` is computed from all-reduced figures and is the same everywhere; the reduction
+        guards against a floating-point difference splitting the ranks (a hang).
+        """
+        flag = rho > self.config.tau
+        if self.world_ > 1:
+            flag = bool(self.ctx.dist.all_reduce(torch.tensor([float(flag)]), "max") > 0)
+        return flag
 
     def on_step_end(self, state: TrainState, info: StepInfo) -> None:
         """Record the batch's per-example losses (with ``drop``) and the step's learning rate."""
@@ -543,7 +594,11 @@ class CrestStrategy(SelectionStrategy):
         while self.next_drop_epoch_ <= state.epoch:
             self.next_drop_epoch_ += self.drop_every_
         pool_dev = self.pool_.to(self.records_.values.device)
-        out = examples_to_drop(self.records_, pool_dev, cfg.alpha, cfg.min_records, self.floor_).cpu()
+        held, mx = self.records_.summary()
+        if self.world_ > 1:  # every rank's records: counts add up, the largest loss wins
+            held = self.ctx.dist.all_reduce(held, "sum")
+            mx = self.ctx.dist.all_reduce(mx, "max")
+        out = drop_mask(held, mx, pool_dev, cfg.alpha, cfg.min_records, self.floor_).cpu()
         k = int(out.sum())
         if k:
             self.pool_ &= ~out

@@ -61,7 +61,14 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from strategies._common import BaselineConfig, BaselineStrategy, as_float, class_budgets, embed
+from strategies._common import (
+    SINGLE_PROCESS_NOTE,
+    BaselineConfig,
+    BaselineStrategy,
+    as_float,
+    class_budgets,
+    embed,
+)
 from subsetlab.embeddings import Embeddings
 from subsetlab.protocol import Capabilities, Selection, TrainState
 from subsetlab.registry import register
@@ -400,7 +407,13 @@ class GlisterStrategy(BaselineStrategy):
 
     name = "glister"
     Config = GlisterConfig
-    capabilities = Capabilities(needs_validation=True, supports_distributed=False, stochastic=True)
+    capabilities = Capabilities(
+        needs_validation=True,
+        supports_distributed=False,
+        distributed_note="Glister's greedy validation-gain selection runs over the whole training set. "
+        + SINGLE_PROCESS_NOTE,
+        stochastic=True,
+    )
 
     def select_subset(self, state: TrainState) -> Selection:
         """Embed the training and validation sets, then :func:`glister_selection` with

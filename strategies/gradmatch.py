@@ -39,6 +39,7 @@ import torch
 from pydantic import Field, model_validator
 
 from strategies._common import (
+    SINGLE_PROCESS_NOTE,
     BaselineConfig,
     BaselineStrategy,
     as_float,
@@ -249,6 +250,8 @@ def _ratio(w: torch.Tensor) -> float:
     return float(w.max() / w.double().mean()) if w.numel() else 0.0
 
 
+_GRADMATCH_NOTE = "GradMatch matches gradients by OMP over the whole training set (per class). " + SINGLE_PROCESS_NOTE
+
 @register
 class GradMatchStrategy(BaselineStrategy):
     """GradMatch: non-negative OMP matching the (per-class or per-batch) gradient sum.
@@ -259,13 +262,17 @@ class GradMatchStrategy(BaselineStrategy):
 
     name = "gradmatch"
     Config = GradMatchConfig
-    capabilities = Capabilities(needs_validation=False, supports_distributed=False, stochastic=True)
+    capabilities = Capabilities(
+        needs_validation=False, supports_distributed=False, distributed_note=_GRADMATCH_NOTE, stochastic=True
+    )
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         if self.config.target == "val":
             # an instance attribute: this configuration needs the validation split
-            self.capabilities = Capabilities(needs_validation=True, supports_distributed=False, stochastic=True)
+            self.capabilities = Capabilities(
+                needs_validation=True, supports_distributed=False, distributed_note=_GRADMATCH_NOTE, stochastic=True
+            )
 
     def select_subset(self, state: TrainState) -> Selection:
         """Embed the training (and validation) set, then :func:`gradmatch_selection`."""

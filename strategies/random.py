@@ -61,7 +61,11 @@ class RandomStrategy(EpochwiseStrategy):
 
     name = "random"
     Config = RandomConfig
-    capabilities = Capabilities(supports_distributed=True, stochastic=True)
+    capabilities = Capabilities(
+        supports_distributed=True,
+        distributed_note="Replicated: every rank draws the same subset from the shared seed; the trainer gives each rank its share of every batch.",
+        stochastic=True,
+    )
 
     def select(self, state: TrainState) -> Selection:
         """A uniform (or class-stratified) random subset of ``ctx.budget.subset_size`` examples."""

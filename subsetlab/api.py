@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from subsetlab.config import RunSpec, validate
+from subsetlab.protocol import DistView
 from subsetlab.trainer import Progress, RunResult, Trainer
 
 __all__ = ["run_spec", "build_run"]
@@ -34,8 +35,18 @@ def run_spec(
     checkpoint_path: str | os.PathLike | None = None,
     progress: Progress | None = None,
     resume: bool = True,
+    dist: DistView | None = None,
 ) -> RunResult:
-    """Build data, model and strategy from ``spec`` and train; return the run's result."""
+    """Build data, model and strategy from ``spec`` and train; return the run's result.
+
+    ``dist`` defaults to the view of the current ``torch.distributed`` process group (a
+    process started by ``torchrun`` after :func:`subsetlab.distributed.init`), which is the
+    single-process view when there is none.
+    """
+    from subsetlab import distributed
+
     spec, strategy, model, data = build_run(spec)
-    trainer = Trainer(spec.trainer, checkpoint_path=checkpoint_path, progress=progress)
+    trainer = Trainer(
+        spec.trainer, checkpoint_path=checkpoint_path, progress=progress, dist=dist or distributed.view()
+    )
     return trainer.fit(strategy, model, data, spec.seed, run_key=spec.key, resume=resume)

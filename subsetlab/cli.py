@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_FAILED = 1  # the command could not do its job (a missing extra, an unreachable cluster)
 
 _RUN_EPILOG = """\
 Strategies: --strategy replaces the suite's strategy list (repeat it for several; '*' means
@@ -42,6 +44,12 @@ examples:
   subsetlab run                                         # the quick default suite
   subsetlab run benchmarks/suites/fashion_mnist.toml --workers 2
   subsetlab run suite.toml --strategy random --strategy "crest[tau=0.05]" --seeds 0,1
+  subsetlab run suite.toml --nproc 2 --strategy crest      # each run on 2 DDP processes
+  subsetlab run suite.toml --cluster tcp://host:8786       # runs spread over a Dask cluster
+
+--nproc N starts the same command on N local ranks with torchrun (equivalently:
+torchrun --standalone --nproc-per-node N -m subsetlab run ...); runs of strategies that do
+not support distributed training are recorded as failed with the reason.
 """
 
 
@@ -129,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", metavar="DIR", help="directory of the report and plots (default: next to the results)")
     rp.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                     help="worker processes (default 1: run in this process)")
+    rp.add_argument("--cluster", metavar="ADDRESS",
+                    help="run the suite's runs on Dask (pip install \"subsetlab[cluster]\"): 'local' starts a local "
+                    "cluster of --workers processes, else the address of a running scheduler (tcp://host:8786)")
+    rp.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                    help="train every run on N processes (DDP under torchrun; gloo on CPU, NCCL on CUDA); "
+                    "the batch size is the global batch, split over the N ranks")
     rp.add_argument("--threads", type=_positive_int, metavar="N",
                     help="torch threads per process (default: the suite's `threads`, else torch's own for "
                     "1 worker and cores // workers for several)")
@@ -270,11 +284,95 @@ def _report(records: list[dict[str, Any]], out: Path, formats: Sequence[str], pl
         print(f"\nwrote {', '.join(str(p) for p in written)}")
 
 
+def _run_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["run"]
+
+
+def rank_argv(argv: Sequence[str]) -> list[str]:
+    """The ``subsetlab run`` arguments each rank gets: ``--nproc`` dropped (a rank reads the
+    world size from torchrun) and abbreviated options written out in full, so that torchrun's
+    own argument parser, which sees them too, cannot mistake one for its options."""
+    actions = _run_parser()._option_string_actions
+    longs = [o for o in actions if o.startswith("--")]
+    out: list[str] = []
+    it = iter(argv)
+    for tok in it:
+        if not tok.startswith("--") or tok == "--":
+            out.append(tok)
+            continue
+        name, eq, value = tok.partition("=")
+        hits = [name] if name in actions else [o for o in longs if o.startswith(name)]
+        full = hits[0] if len(hits) == 1 else name
+        takes_value = len(hits) == 1 and actions[full].nargs != 0
+        if full == "--nproc":
+            if not eq and takes_value:
+                next(it, None)
+            continue
+        out.append(f"{full}{eq}{value}")
+    return out
+
+
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """Start this command on ``args.nproc`` ranks under torchrun; return rank 0's exit code."""
+    import os
+    import subprocess
+    import tempfile
+
+    from subsetlab.distributed import torchrun_command
+
+    if args.workers > 1 or args.cluster:
+        from subsetlab.errors import ConfigError
+
+        raise ConfigError("--nproc cannot be combined with --workers or --cluster: --nproc trains each run on N "
+                          "processes, --workers/--cluster run single-process runs side by side.")
+    cmd = torchrun_command(args.nproc, ["run", *rank_argv(args.argv)])
+    print(f"launching {args.nproc} ranks: {' '.join(cmd[1:])}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="subsetlab-") as tmp:
+        status = Path(tmp) / "exit-code"
+        env = {**os.environ, "SUBSETLAB_STATUS_FILE": str(status)}
+        # torchrun's own default (one thread per rank, with a banner saying so) unless set
+        env["OMP_NUM_THREADS"] = str(args.threads) if args.threads else env.get("OMP_NUM_THREADS", "1")
+        rc = subprocess.run(cmd, env=env, check=False).returncode
+        if rc == 0 and status.is_file():
+            return int(status.read_text().strip() or 0)
+    if rc != 0:
+        print(f"subsetlab run: the ranks exited with code {rc}; finished runs are recorded, run the same "
+              f"command again to resume.", file=sys.stderr)
+    return rc if rc != 0 else EXIT_OK
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from subsetlab import distributed
+
+    _check_formats(args.format)
+    _, world, _ = distributed.env_rank_world()
+    if args.nproc > 1 and world == 1 and not args.dry_run:
+        _load(args)  # report a bad suite or option here, not once per rank
+        return _launch_ranks(args)
+    if world > 1 and args.nproc not in (1, world):
+        from subsetlab.errors import ConfigError
+
+        raise ConfigError(f"--nproc {args.nproc} does not match the {world} ranks torchrun started.")
+    if world > 1:
+        dv = distributed.init(device=args.device or "auto")
+        try:
+            code = _run_suite_cmd(args, dv)
+        finally:
+            distributed.shutdown()
+        status = os.environ.get("SUBSETLAB_STATUS_FILE")
+        if status and dv.is_main:
+            Path(status).write_text(str(code))
+            return EXIT_OK
+        return code if dv.is_main else EXIT_OK
+    return _run_suite_cmd(args, None)
+
+
+def _run_suite_cmd(args: argparse.Namespace, dv: Any) -> int:
     from subsetlab.bench.runner import run_suite, run_title
     from subsetlab.bench.store import latest_by_key, read_records
 
-    _check_formats(args.format)
+    main_rank = dv is None or dv.is_main
     suite = _load(args)
     results = Path(args.results) if args.results else Path("runs") / suite.name / "results.jsonl"
     out = Path(args.out) if args.out else results.parent
@@ -287,7 +385,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  {s.key}  {status:<7} {run_title(s)}")
         return EXIT_OK
     progress = args.progress or ("lines" if args.quiet else "auto")
-    if suite.description:
+    if not main_rank:
+        progress = "none"
+    elif suite.description:
         print(suite.description.strip())
     outcome = run_suite(
         suite,
@@ -296,7 +396,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=progress,
         retry_failed=args.retry_failed,
         threads=args.threads,
+        cluster=args.cluster,
+        dist=dv,
     )
+    if not main_rank:
+        return EXIT_OK
     keys = set(outcome.keys)
     records = [r for r in latest_by_key(read_records(results)).values() if r["key"] in keys]
     _report(records, out, args.format, not args.no_plots, title=f"Suite {suite.name}")
@@ -336,11 +440,13 @@ def _short_warnings() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``subsetlab`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    from subsetlab.errors import ConfigError, RegistryError
+    args.argv = argv[argv.index("run") + 1 :] if args.command == "run" else argv
+    from subsetlab.errors import ConfigError, RegistryError, SubsetlabError
 
     with _short_warnings():
         try:
@@ -348,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ConfigError, RegistryError) as exc:
             print(f"subsetlab {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except SubsetlabError as exc:  # a missing extra, an unreachable cluster, a broken process group
+            print(f"subsetlab {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         except KeyboardInterrupt:
             print("\ninterrupted; finished runs are recorded; run the same command again to resume.", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -52,6 +52,8 @@ class Capabilities:
     Attributes:
         needs_validation: ``select`` uses ``ctx.val``; the trainer refuses a run without one.
         supports_distributed: the strategy is correct under ``torch.distributed``.
+        distributed_note: Why a strategy does not support distributed runs (shown in the
+            trainer's refusal), or how it behaves in one.
         stochastic: results depend on the seed (all built-ins draw from ``ctx.generator``).
         budget: ``"fraction"`` (the default: f*N per pseudo-epoch), ``"full"`` (the full-data
             reference: f is taken as 1), or ``"full_schedule"`` (SGD-truncated: the full run's
@@ -60,6 +62,7 @@ class Capabilities:
 
     needs_validation: bool = False
     supports_distributed: bool = False
+    distributed_note: str = ""
     stochastic: bool = True
     budget: Literal["fraction", "full", "full_schedule"] = "fraction"
 
@@ -117,12 +120,17 @@ class Selection:
             shuffles the rows into batches of B with the run's generator.
         diagnostics: Small, JSON-serialisable facts about this selection (recorded in the
             selection log of the run result).
+        rank_local: Only for distributed runs: True when the selection holds this rank's own
+            rows (each rank selected different examples; batches hold ``ctx.batch_size`` rows,
+            the per-rank share). False (default): every rank returned the same selection and
+            the trainer gives each rank its share of every global batch.
     """
 
     indices: torch.Tensor
     weights: torch.Tensor
     batches: list[torch.Tensor] | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    rank_local: bool = False
 
     @classmethod
     def uniform(cls, indices: torch.Tensor, **diagnostics: Any) -> Selection:
@@ -173,7 +181,7 @@ class Selection:
                 batches.append(b)
             if not batches:
                 raise SelectionError(f"{who} batch plan is empty; return None to let the trainer batch.")
-        return Selection(idx, w, batches, dict(self.diagnostics))
+        return Selection(idx, w, batches, dict(self.diagnostics), bool(self.rank_local))
 
 
 @dataclass
@@ -302,6 +310,19 @@ class DistView:
     """The distributed view of a run: rank, world size and collectives.
 
     In a single-process run ``world_size`` is 1 and the collectives return their input.
+    :func:`subsetlab.distributed.view` builds the view of a ``torch.distributed`` process
+    group. Every collective must be called by every rank in the same order (or the ranks
+    wait for each other until the group's timeout).
+
+    Attributes:
+        rank: This process's rank.
+        world_size: Number of processes W.
+        all_reduce: ``all_reduce(t, op)`` with ``op`` one of ``"sum"``, ``"max"``, ``"min"``,
+            ``"mean"``; returns a new tensor on ``t``'s device (``t`` is not modified).
+        broadcast: ``broadcast(t, src)``: rank ``src``'s ``t`` on every rank (same shape and
+            dtype everywhere).
+        all_gather: ``all_gather(t)``: every rank's ``t`` (same shape everywhere), in rank order.
+        barrier: Wait until every rank got here.
     """
 
     rank: int = 0
@@ -310,6 +331,8 @@ class DistView:
         default=lambda t, op="sum": t, repr=False
     )
     broadcast: Callable[[torch.Tensor, int], torch.Tensor] = field(default=lambda t, src=0: t, repr=False)
+    all_gather: Callable[[torch.Tensor], list[torch.Tensor]] = field(default=lambda t: [t], repr=False)
+    barrier: Callable[[], None] = field(default=lambda: None, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -351,12 +374,14 @@ class SelectionContext:
 
     @property
     def batch_size(self) -> int:
-        """Rows per training step: B, or k when the budget is smaller than one batch.
+        """Rows per training step on this rank: B, or k when the budget is smaller than one batch,
+        divided by the world size in a distributed run.
 
-        The trainer serves ``min(B, subset_size)`` rows per step; strategies that build their
-        own mini-batches use this value so every method back-propagates the same count.
+        The trainer serves ``min(B, subset_size)`` rows per step (split evenly over the ranks);
+        strategies that build their own mini-batches use this value so every method
+        back-propagates the same count.
         """
-        return min(self.budget.batch_size, self.budget.subset_size)
+        return min(self.budget.batch_size, self.budget.subset_size) // max(1, self.dist.world_size)
 
 
 class SelectionStrategy:

@@ -91,15 +91,35 @@ def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (weights * losses).mean()
 
 
-def evaluate(model: nn.Module, dataset: IndexedDataset, device: torch.device, batch_size: int = 1024) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``model`` on ``dataset`` (eval mode, no grad)."""
+def evaluate(
+    model: nn.Module,
+    dataset: IndexedDataset,
+    device: torch.device,
+    batch_size: int = 1024,
+    dist: DistView | None = None,
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``dataset`` (eval mode, no grad).
+
+    In a distributed run (``dist`` with ``world_size`` > 1) rank ``r`` evaluates the examples
+    ``r, r + W, ...``, the sums are all-reduced and every rank returns the same figures.
+    Buffers (batch-norm statistics) are taken from rank 0 first, so the evaluated model is
+    rank 0's.
+    """
+    dist = dist or DistView()
+    world = dist.world_size
+    if world > 1:
+        with torch.no_grad():
+            for buf in model.buffers():
+                buf.copy_(dist.broadcast(buf, 0))
     was = model.training
     model.eval()
     correct, loss_sum, n = 0, 0.0, len(dataset)
+    rows = torch.arange(dist.rank, n, world) if world > 1 else None
+    m = n if rows is None else int(rows.shape[0])
     try:
         with torch.no_grad():
-            for s in range(0, n, batch_size):
-                idx = torch.arange(s, min(n, s + batch_size))
+            for s in range(0, m, batch_size):
+                idx = torch.arange(s, min(m, s + batch_size)) if rows is None else rows[s : s + batch_size]
                 x, y = dataset.get(idx)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 z = model(x).float()
@@ -107,6 +127,9 @@ def evaluate(model: nn.Module, dataset: IndexedDataset, device: torch.device, ba
                 correct += int((z.argmax(1) == y).sum())
     finally:
         model.train(was)
+    if world > 1:
+        tot = dist.all_reduce(torch.tensor([float(correct), loss_sum], dtype=torch.float64), "sum")
+        correct, loss_sum = int(round(float(tot[0]))), float(tot[1])
     return (correct / n, loss_sum / n) if n else (float("nan"), float("nan"))
 
 
@@ -184,6 +207,10 @@ class RunResult:
         analytics: Selection analytics (``TrainerConfig.analytics``; empty when ``"off"``):
             ``mode``, per-selection ``selections`` rows, per-pseudo-epoch ``epochs`` rows and
             a per-run ``summary`` (see :class:`~subsetlab.analytics.SelectionAnalytics`).
+        world_size: Processes that trained the run (1 unless distributed). In a distributed
+            run ``work`` sums every rank's examples, ``timings`` and ``peak_memory_bytes`` are
+            this rank's, and ``selections``/``analytics`` describe the union of the ranks'
+            selections (a failed distributed run's ``work`` is this rank's alone).
     """
 
     strategy: str
@@ -199,6 +226,7 @@ class RunResult:
     budget: dict[str, Any] = field(default_factory=dict)
     peak_memory_bytes: int = 0
     analytics: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
 
     @property
     def ok(self) -> bool:
@@ -296,11 +324,22 @@ class Trainer:
                 f"Strategy {name!r} needs a validation split, but the data has none. Set "
                 f"data.val_fraction > 0 (e.g. 0.1)."
             )
-        if self.dist.world_size > 1 and not caps.supports_distributed:
-            raise SelectionError(
-                f"Strategy {name!r} does not support distributed training "
-                f"(world size {self.dist.world_size}); run it in a single process."
-            )
+        world = self.dist.world_size
+        if world > 1:
+            if not caps.supports_distributed:
+                why = f" {caps.distributed_note.rstrip('.')}." if caps.distributed_note else ""
+                raise SelectionError(
+                    f"Strategy {name!r} does not support distributed training (world size "
+                    f"{world}).{why} Run it in a single process (without --nproc / torchrun)."
+                )
+            b = Budget.make(len(data.train), cfg.fraction, cfg.batch_size, cfg.epochs, caps.budget)
+            rows = min(b.batch_size, b.subset_size)
+            if rows % world:
+                raise DataError(
+                    f"In a distributed run the global batch of {rows} rows per step is split evenly "
+                    f"over the {world} ranks, and {rows} is not a multiple of {world}. Use a "
+                    f"trainer.batch_size divisible by {world}."
+                )
         device = resolve_device(cfg.device)
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
@@ -322,6 +361,23 @@ class Trainer:
         # strategy (SGD-truncated's full-size selection included) spends f*N*E backprops
         step_rows = min(cfg.batch_size, budget.subset_size)
         model.to(device)
+        dv = self.dist
+        world, rank = dv.world_size, dv.rank
+        net: nn.Module = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = None
+            if device.type == "cuda":  # "cuda" means the rank's current device (set by distributed.init)
+                ids = [device.index if device.index is not None else torch.cuda.current_device()]
+            net = DistributedDataParallel(model, device_ids=ids)
+        rank_rows = step_rows // world
+
+        def new_stream(sel: Selection) -> BatchStream:
+            # replicated selections: global batches of step_rows, each rank takes its share;
+            # rank-local ones: this rank's rows only
+            return BatchStream(sel, rank_rows if (world > 1 and sel.rank_local) else step_rows, gens["batches"])
+
         optimizer = torch.optim.SGD(
             model.parameters(),
             lr=cfg.lr,
@@ -351,10 +407,10 @@ class Trainer:
         )
         result = RunResult(strategy=name, budget=asdict(budget))
         times = {"train": 0.0, "select": 0.0, "eval": 0.0, "checkpoint": 0.0}
-        analytics = None if cfg.analytics == "off" else SelectionAnalytics(
+        analytics = None if (cfg.analytics == "off" or not dv.is_main) else SelectionAnalytics(
             train, budget, device, cfg.analytics, model, cfg.eval_batch_size
         )
-        if analytics is not None:
+        if cfg.analytics != "off":
             times["analytics"] = 0.0
         counters = {"backprop_examples": 0, "steps": 0}
         history: list[dict[str, Any]] = []
@@ -379,7 +435,8 @@ class Trainer:
                 s = ckpt["selection"]
                 if s is not None:
                     selection = Selection(s["indices"], s["weights"], s["batches"], s["diagnostics"])
-                    stream = BatchStream(selection, step_rows, gens["batches"])
+                    selection.rank_local = bool(s.get("rank_local", False))
+                    stream = new_stream(selection)
                     stream.load_state_dict(ckpt["stream"])
                 history, sel_log = list(ckpt["history"]), list(ckpt["selection_log"])
                 if analytics is not None and ckpt.get("analytics") is not None:
@@ -401,16 +458,17 @@ class Trainer:
                 t0 = time.perf_counter()
                 if selection is None or self._hook(name, "should_select", strategy.should_select, state):
                     selection = self._select(strategy, state, len(train), budget)
-                    stream = BatchStream(selection, step_rows, gens["batches"])
+                    stream = new_stream(selection)
                     state.selections += 1
                     _sync(device)
                     secs = time.perf_counter() - t0
+                    everyone = _union_selection(dv, selection)
                     sel_log.append(
                         {
                             "step": step,
                             "epoch": state.epoch,
-                            "size": len(selection),
-                            "unique": int(torch.unique(selection.indices).numel()),
+                            "size": len(everyone),
+                            "unique": int(torch.unique(everyone.indices).numel()),
                             "seconds": secs,
                             "diagnostics": jsonable(selection.diagnostics),
                         }
@@ -419,13 +477,15 @@ class Trainer:
                 t1 = time.perf_counter()
                 times["select"] += t1 - t0
                 if analytics is not None and sel_log and sel_log[-1]["step"] == step:
-                    analytics.on_selection(step, selection)
+                    analytics.on_selection(step, everyone)
                     _sync(device)
                     times["analytics"] += time.perf_counter() - t1
                     t1 = time.perf_counter()
 
                 # --- one weighted training step
                 pos = stream.next()
+                if world > 1 and not selection.rank_local:
+                    pos = pos.tensor_split(world)[rank]
                 idx = selection.indices.index_select(0, pos)
                 w = selection.weights.index_select(0, pos).to(device, non_blocking=True)
                 x, y = train.get(idx)
@@ -433,10 +493,11 @@ class Trainer:
                 if train.augment is not None:
                     x = train.augment(x, gens["augment"])
                 model.train()
-                logits = model(x)
+                logits = net(x)
                 losses = F.cross_entropy(logits.float(), y, reduction="none")
                 loss = weighted_loss(losses, w)
-                loss_value = float(loss.detach())
+                # every rank must see the same value to take the same branch (no hang)
+                loss_value = float(dv.all_reduce(loss.detach().double().reshape(1), "mean")) if world > 1 else float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
                         f"Training loss became {loss_value} at step {step} (pseudo-epoch "
@@ -460,27 +521,32 @@ class Trainer:
                     w,
                     losses.detach(),
                     (logits.detach().argmax(1) == y),
-                    loss_value,
+                    float(loss.detach()),
                 )
                 self._hook(name, "on_step_end", strategy.on_step_end, state, info)
                 _sync(device)
                 times["select"] += time.perf_counter() - t2
-                if analytics is not None:
+                if cfg.analytics != "off":
                     t5 = time.perf_counter()
-                    analytics.on_step(step, info)
+                    merged = _union_step(dv, info)  # a collective: every rank takes part
+                    if analytics is not None:
+                        analytics.on_step(step, merged)
                     _sync(device)
                     times["analytics"] += time.perf_counter() - t5
 
                 done = step + 1
                 elapsed = elapsed_before + time.perf_counter() - t_start
-                if cfg.max_seconds is not None and elapsed > cfg.max_seconds:
+                over = cfg.max_seconds is not None and elapsed > cfg.max_seconds
+                if world > 1 and cfg.max_seconds is not None:
+                    over = bool(dv.all_reduce(torch.tensor([float(over)]), "max") > 0)
+                if over:
                     raise RunTimeout(f"Run exceeded max_seconds={cfg.max_seconds} at step {step}.")
                 info_d: dict[str, Any] = {"loss": loss_value}
                 if done % S == 0 or done == total:
                     epoch = step // S
                     if (epoch + 1) % cfg.eval_every == 0 or done == total:
                         t3 = time.perf_counter()
-                        acc, tloss = evaluate(model, test, device, cfg.eval_batch_size)
+                        acc, tloss = evaluate(model, test, device, cfg.eval_batch_size, dv)
                         _sync(device)
                         times["eval"] += time.perf_counter() - t3
                         history.append(
@@ -540,6 +606,13 @@ class Trainer:
             "backward_examples": meters.backward_examples,
             "hvp_examples": meters.hvp_examples,
         }
+        result.world_size = world
+        # every rank's examples; steps are the same on every rank. A failed run issues no more
+        # collectives: a failure may be this rank's alone, its peers still inside a training step
+        if world > 1 and result.status == "ok":
+            summed = ("backprop_examples", "forward_examples", "backward_examples", "hvp_examples")
+            tot = dv.all_reduce(torch.tensor([result.work[k] for k in summed], dtype=torch.float64), "sum")
+            result.work.update({k: int(round(float(v))) for k, v in zip(summed, tot)})
         result.selections = {"count": len(sel_log), "sizes": [s["size"] for s in sel_log], "log": sel_log}
         if analytics is not None:
             result.analytics = analytics.summary()
@@ -577,9 +650,7 @@ class Trainer:
     # --------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, run_key, step, model, optimizer, strategy, gens, meters, selection, stream,
                          history, sel_log, times, counters, elapsed, analytics=None) -> None:
-        if not self.dist.is_main:
-            return
-        path = self.checkpoint_path
+        path = self._rank_checkpoint_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": CHECKPOINT_FORMAT,
@@ -598,6 +669,7 @@ class Trainer:
                 "weights": selection.weights,
                 "batches": selection.batches,
                 "diagnostics": selection.diagnostics,
+                "rank_local": selection.rank_local,
             },
             "stream": stream.state_dict() if stream is not None else None,
             "history": history,
@@ -611,8 +683,34 @@ class Trainer:
         torch.save(payload, tmp)
         os.replace(tmp, path)
 
-    def _load_checkpoint(self, run_key: str, device: torch.device) -> dict[str, Any] | None:
+    def _rank_checkpoint_path(self) -> Path:
+        """``checkpoint_path``, or one file per rank in a distributed run (ranks differ in state)."""
         path = self.checkpoint_path
+        if self.dist.world_size > 1:
+            path = path.with_name(f"{path.name}.rank{self.dist.rank}-of-{self.dist.world_size}")
+        return path
+
+    def _load_checkpoint(self, run_key: str, device: torch.device) -> dict[str, Any] | None:
+        if self.dist.world_size == 1:
+            return self._read_checkpoint(run_key, device)
+        # Distributed: resume only if every rank holds a checkpoint of the same step, else every
+        # rank starts afresh; a refused file on any rank fails every rank (nobody waits forever).
+        error: CheckpointError | None = None
+        try:
+            ckpt = self._read_checkpoint(run_key, device)
+        except CheckpointError as exc:
+            ckpt, error = None, exc
+        step = -2.0 if error is not None else (float(ckpt["step"]) if ckpt is not None else -1.0)
+        lo = float(self.dist.all_reduce(torch.tensor([step]), "min"))
+        hi = float(self.dist.all_reduce(torch.tensor([step]), "max"))
+        if lo == -2.0:
+            raise error or CheckpointError(
+                f"Another rank refused its checkpoint next to {str(self.checkpoint_path)!r}; see its error."
+            )
+        return ckpt if (lo == hi and lo >= 0) else None
+
+    def _read_checkpoint(self, run_key: str, device: torch.device) -> dict[str, Any] | None:
+        path = self._rank_checkpoint_path() if self.checkpoint_path is not None else None
         if path is None or not path.exists():
             return None
         try:
@@ -691,3 +789,37 @@ def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _union_selection(dv: DistView, selection: Selection) -> Selection:
+    """The selection of the whole run: this one, or the ranks' rank-local selections joined.
+
+    Every rank takes part (a collective) when the run is distributed.
+    """
+    if dv.world_size == 1:
+        return selection
+    from subsetlab.distributed import all_gather_cat
+
+    flag = float(dv.all_reduce(torch.tensor([float(selection.rank_local)]), "max"))
+    if flag == 0.0:
+        return selection
+    idx = all_gather_cat(dv, selection.indices.cpu())
+    w = all_gather_cat(dv, selection.weights.cpu().float())
+    return Selection(idx, w, None, dict(selection.diagnostics))
+
+
+def _union_step(dv: DistView, info: StepInfo) -> StepInfo:
+    """The step as the union of every rank's rows (a collective in a distributed run)."""
+    if dv.world_size == 1:
+        return info
+    from subsetlab.distributed import all_gather_cat
+
+    dev = info.losses.device
+    packed = torch.stack(
+        [info.indices.double().cpu(), info.weights.double().cpu(), info.losses.double().cpu(), info.correct.double().cpu()], 1
+    )
+    rows = all_gather_cat(dv, packed)
+    loss = float(dv.all_reduce(torch.tensor([info.loss], dtype=torch.float64), "mean"))
+    return StepInfo(
+        rows[:, 0].long().to(dev), rows[:, 1].float().to(dev), rows[:, 2].float().to(dev), rows[:, 3].bool().to(dev), loss
+    )

@@ -9,7 +9,8 @@ Typical use::
     write_report("runs/quick/results.jsonl", "runs/quick")
     make_plots("runs/quick/results.jsonl", "runs/quick")
 
-The names below are imported on first access, so ``import subsetlab.bench`` stays cheap.
+The names below are imported on first access, so ``import subsetlab.bench`` stays cheap (and
+``DaskExecutor`` needs Dask only when it is used: ``pip install "subsetlab[cluster]"``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _EXPORTS = {
     "Executor": "subsetlab.bench.runner",
     "SequentialExecutor": "subsetlab.bench.runner",
     "LocalProcessExecutor": "subsetlab.bench.runner",
+    "DaskExecutor": "subsetlab.bench.dask_executor",
     "Reporter": "subsetlab.bench.runner",
     "ResultsStore": "subsetlab.bench.store",
     "ResultsWarning": "subsetlab.bench.store",
@@ -39,6 +41,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DaskExecutor",
     "Executor",
     "LocalProcessExecutor",
     "Reporter",
@@ -74,6 +77,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from subsetlab.bench.dask_executor import DaskExecutor
     from subsetlab.bench.plots import make_plots
     from subsetlab.bench.report import aggregate, to_markdown, write_report
     from subsetlab.bench.runner import (

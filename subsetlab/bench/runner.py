@@ -10,10 +10,11 @@ failing run: an exception anywhere (data loading, model building, a strategy bug
 a record with ``status="failed"`` and the error, and the suite goes on.
 
 Executors are small and pluggable: :class:`SequentialExecutor` runs in this process (with a
-per-run progress bar), :class:`LocalProcessExecutor` fans out over ``spawn`` worker processes.
-A cluster executor (Dask, Ray) implements the same :meth:`Executor.run`: submit
-:func:`execute_run` with :func:`task_payload` for each spec, yield ``(spec, record)`` as each
-completes.
+per-run progress bar), :class:`LocalProcessExecutor` fans out over ``spawn`` worker processes,
+and :class:`~subsetlab.bench.dask_executor.DaskExecutor` (optional extra
+``subsetlab[cluster]``, imported only when used) runs on a Dask cluster or a local Dask
+cluster. Each implements :meth:`Executor.run` the same way: submit :func:`execute_run` with
+:func:`task_payload` for each spec, yield ``(spec, record)`` as each completes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from subsetlab.bench.store import ResultsStore
 from subsetlab.config import RunSpec
+from subsetlab.errors import ConfigError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -95,6 +97,11 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
     }
+    from subsetlab.distributed import view
+
+    world = view().world_size
+    if world > 1:
+        env["world_size"] = world
     if device.startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
     return env
@@ -568,14 +575,33 @@ class LocalProcessExecutor(Executor):
             self._pool = None
 
 
-def make_executor(workers: int = 1, threads: int | None = None) -> Executor:
-    """:class:`SequentialExecutor` for one worker, else :class:`LocalProcessExecutor`.
+def make_executor(workers: int = 1, threads: int | None = None, cluster: str | None = None) -> Executor:
+    """The executor for ``workers`` and ``cluster``.
+
+    Without ``cluster``: :class:`SequentialExecutor` for one worker, else
+    :class:`LocalProcessExecutor`. With ``cluster``: a
+    :class:`~subsetlab.bench.dask_executor.DaskExecutor` (needs ``pip install
+    "subsetlab[cluster]"``).
 
     Args:
-        workers: Number of processes running runs.
+        workers: Number of processes running runs (with ``cluster="local"``: worker processes
+            of the local Dask cluster; ignored for a remote scheduler, whose workers decide).
         threads: Torch threads per process (default: torch's setting for one worker,
-            ``max(1, cores // workers)`` for several).
+            ``max(1, cores // workers)`` for several or for a local Dask cluster, the workers'
+            setting for a remote one).
+        cluster: ``"local"`` starts a Dask ``LocalCluster`` of ``workers`` processes; any other
+            string is the address of a running Dask scheduler (``"tcp://host:8786"``).
+
+    Raises:
+        subsetlab.bench.dask_executor.DaskNotInstalledError: ``cluster`` given but Dask
+            distributed is not installed.
     """
+    if cluster:
+        from subsetlab.bench.dask_executor import DaskExecutor
+
+        if cluster.strip().lower() == "local":
+            return DaskExecutor(n_workers=max(1, workers), threads=threads)
+        return DaskExecutor(cluster.strip(), threads=threads)
     return SequentialExecutor(threads) if workers <= 1 else LocalProcessExecutor(workers, threads)
 
 
@@ -618,6 +644,41 @@ class SuiteOutcome:
         return self.n_ok == len(self.keys)
 
 
+def _merge_rank_outcomes(record: dict[str, Any], dist: Any) -> tuple[dict[str, Any], str | None]:
+    """Rank 0's record of a distributed run, failed when any rank's run failed, and whether
+    the process group survived it.
+
+    The error named is the root cause: a rank's own failure before the broken-collective or
+    timeout errors the other ranks saw because of it. The second value is None when every
+    rank finished the run alike (all ok, or all failed the same way before breaking step,
+    such as a strategy refused up front); else it says why the group cannot go on (after a
+    timeout gloo closes its connections and NCCL aborts).
+    """
+    from subsetlab.distributed import gather_outcomes, is_peer_error
+
+    own = (record.get("error") or {}).get("message")
+    outcomes = gather_outcomes(dist, record.get("status") == "ok", own)
+    failing = [r for r, (ok, _) in enumerate(outcomes) if not ok]
+    if not failing:
+        return record, None
+    root = min(failing, key=lambda r: (is_peer_error(outcomes[r][1]), r))
+    broken = None
+    if len(failing) < len(outcomes) or any(is_peer_error(outcomes[r][1]) for r in failing):
+        broken = (
+            f"rank {root} failed run {record.get('key')} while other ranks "
+            f"{'finished it' if len(failing) < len(outcomes) else 'waited for it'}; the ranks are out of "
+            "step, so the suite stops here. Finished runs are recorded: run the same command again to resume"
+        )
+    if root == dist.rank:
+        return record, broken
+    message = f"rank {root} failed: {outcomes[root][1]}"
+    if own:
+        message += f" (rank {dist.rank}: {own})"
+    error = {"type": _failure_type(outcomes[root][1] or ""), "message": message, "traceback": None,
+             "step": (record.get("error") or {}).get("step")}
+    return {**record, "status": "failed", "error": error}, broken
+
+
 def run_suite(
     suite: Any,
     results_path: str | os.PathLike,
@@ -627,6 +688,8 @@ def run_suite(
     retry_failed: bool = False,
     executor: Executor | None = None,
     threads: int | None = None,
+    cluster: str | None = None,
+    dist: Any = None,
 ) -> SuiteOutcome:
     """Run every run of ``suite`` that has no record yet and append the records.
 
@@ -641,6 +704,15 @@ def run_suite(
         executor: Use this executor instead of one made from ``workers``.
         threads: Torch threads per process running runs (see :func:`make_executor`);
             default: the suite's ``threads`` setting, if any.
+        cluster: Run on Dask (``pip install "subsetlab[cluster]"``): ``"local"`` for a local
+            cluster of ``workers`` processes, else a scheduler address such as
+            ``"tcp://host:8786"`` (see :func:`make_executor`). Ignored when ``executor`` is
+            given. Only this process writes ``results_path``, so resuming works the same.
+        dist: The :class:`~subsetlab.protocol.DistView` of a ``torchrun`` process group
+            (:func:`subsetlab.distributed.init`) to train every run on all its ranks (DDP).
+            Every rank calls ``run_suite`` with the same arguments; rank 0 decides what is
+            left to run (from its results file) and alone writes records and shows
+            progress. Needs ``workers=1`` and no ``cluster``.
 
     Returns:
         A :class:`SuiteOutcome` (its ``ok`` is False when any run's latest record failed).
@@ -649,22 +721,39 @@ def run_suite(
     resumes with the missing ones.
     """
     t0 = time.perf_counter()
+    world = getattr(dist, "world_size", 1)
+    main = world == 1 or dist.is_main
+    if world > 1 and (workers > 1 or cluster or executor is not None):
+        raise ConfigError(
+            "A distributed suite trains each run on all ranks in turn: it takes no workers, cluster or executor."
+        )
     if hasattr(suite, "expand"):
         name, specs = suite.name, suite.expand()
     else:
         name, specs = "runs", list(suite)
     store = ResultsStore(results_path)
-    latest = store.latest()
+    latest = store.latest() if main else {}
     skip_status = {"ok"} if retry_failed else {"ok", "failed"}
     todo = [s for s in specs if (latest.get(s.key) or {}).get("status") not in skip_status]
+    if world > 1:  # rank 0's results file decides: every rank runs the same runs in the same order
+        from subsetlab.distributed import broadcast_object, open_side_channel
+
+        open_side_channel()
+
+        keys = broadcast_object(dist, [s.key for s in todo])
+        by_key = {s.key: s for s in specs}
+        missing = [k for k in keys if k not in by_key]
+        if missing:
+            raise ConfigError(f"Rank {dist.rank} expanded a different suite than rank 0 (no run {missing[0]}).")
+        todo = [by_key[k] for k in keys]
     outcome = SuiteOutcome(name, store.path, [s.key for s in specs])
     todo_keys = {s.key for s in todo}
     outcome.skipped = [s.key for s in specs if s.key not in todo_keys]
-    reporter = make_reporter(progress)
+    reporter = make_reporter(progress if main else "none")
     if threads is None:
         threads = getattr(suite, "threads", None)
     own_executor = executor is None
-    executor = executor or make_executor(workers, threads)
+    executor = executor or make_executor(workers, threads, cluster)
     try:
         reporter.suite_started(name, len(specs), len(specs) - len(todo), len(todo), store.path)
         if todo:
@@ -673,15 +762,27 @@ def run_suite(
                 for spec, record in runs:
                     record = {**record, "key": spec.key, "suite": name, "spec": spec.model_dump(mode="json")}
                     record = {k: record[k] for k in _RECORD_ORDER if k in record} | record
-                    store.append(record)
+                    broken = None
+                    if world > 1:
+                        record, broken = _merge_rank_outcomes(record, dist)
+                    if main:
+                        store.append(record)
                     outcome.ran.append(spec.key)
                     reporter.run_finished(spec, record)
+                    if broken:
+                        from subsetlab.distributed import DistributedError
+
+                        raise DistributedError(broken)
             finally:
                 close = getattr(runs, "close", None)
                 if close is not None:
                     close()  # run the executor's clean-up now, also after an interruption
-        latest = store.latest()
+        latest = store.latest() if main else {}
         outcome.statuses = {k: latest[k]["status"] for k in outcome.keys if k in latest}
+        if world > 1:  # every rank returns rank 0's outcome
+            from subsetlab.distributed import broadcast_object
+
+            outcome.statuses = broadcast_object(dist, outcome.statuses)
         outcome.seconds = time.perf_counter() - t0
         reporter.suite_finished(outcome)
     finally:

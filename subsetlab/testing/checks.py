@@ -148,12 +148,15 @@ def check_config_rejects_unknown_keys(spec: StrategySpec) -> None:
         raise AssertionError("the config is not frozen")
 
 
-def make_context(data: DataSplits, model: nn.Module, budget: Budget, seed: int = 0) -> SelectionContext:
+def make_context(
+    data: DataSplits, model: nn.Module, budget: Budget, seed: int = 0, dist: DistView | None = None
+) -> SelectionContext:
     """A CPU :class:`~subsetlab.protocol.SelectionContext` built the way the trainer builds one.
 
     For unit tests that call a strategy's hooks directly (``setup``, ``select``...) without a
     training loop: cross-entropy loss, a fresh embedder and meters, the strategy generator
-    derived from ``seed`` exactly as in :class:`~subsetlab.trainer.Trainer`.
+    derived from ``seed`` exactly as in :class:`~subsetlab.trainer.Trainer`. ``dist`` is the
+    distributed view (default: single process), e.g. from :func:`subsetlab.distributed.spawn`.
     """
     return SelectionContext(
         train=data.train,
@@ -165,7 +168,7 @@ def make_context(data: DataSplits, model: nn.Module, budget: Budget, seed: int =
         generator=torch_generator(seed, "strategy"),
         seed=seed,
         budget=budget,
-        dist=DistView(),
+        dist=dist or DistView(),
         meters=WorkMeters(),
     )
 
