@@ -115,6 +115,7 @@ def init(backend: str = "auto", device: str = "auto", timeout_s: float | None = 
             ``SUBSETLAB_DIST_TIMEOUT`` or 1800 s); a rank that died or hangs fails the run
             after this long instead of blocking forever.
     """
+    global _GROUP_TIMEOUT_S
     import torch.distributed as dist
 
     rank, world, local = env_rank_world()
@@ -127,7 +128,6 @@ def init(backend: str = "auto", device: str = "auto", timeout_s: float | None = 
         backend = "nccl" if use_cuda else "gloo"
     if use_cuda and torch.cuda.is_available():
         torch.cuda.set_device(local % max(1, torch.cuda.device_count()))
-    global _GROUP_TIMEOUT_S
     if not dist.is_initialized():
         _GROUP_TIMEOUT_S = timeout_s if timeout_s is not None else _timeout_s()
         timeout = _dt.timedelta(seconds=_GROUP_TIMEOUT_S)
