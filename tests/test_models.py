@@ -28,6 +28,9 @@ CASES = [
     ("cnn", {}, (1, 8, 8), 10),
     ("cnn", {}, (1, 28, 28), 10),
     ("cnn", {}, (3, 32, 32), 10),
+    ("lenet", {}, (1, 28, 28), 10),
+    ("lenet", {}, (1, 8, 8), 10),
+    ("lenet", {"batchnorm": True, "activation": "tanh", "hidden": [32, 16], "dropout": 0.1}, (3, 32, 32), 10),
     ("resnet20", {}, (3, 32, 32), 10),
     ("resnet20", {"width": 0.5}, (1, 8, 8), 10),
     ("resnet18", {"width": 0.25}, (3, 32, 32), 100),
@@ -40,7 +43,22 @@ def _build(name, options, shape, classes, seed=0):
 
 
 def test_builtin_models_registered():
-    assert {"linear", "mlp", "cnn", "resnet20", "resnet18"} <= set(list_models())
+    assert {"linear", "mlp", "cnn", "lenet", "resnet20", "resnet18"} <= set(list_models())
+
+
+def test_lenet_default_is_the_protocol_network():
+    """conv 5x5 1->8, pool, conv 5x5 8->16, pool, fc 784->64, fc 64->10, no BatchNorm."""
+    model = _build("lenet", {}, (1, 28, 28), 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    fcs = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 8, (5, 5)), (8, 16, (5, 5))]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(784, 64), (64, 10)]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum(p.numel() for p in model.parameters()) == (8 * 25 + 8) + (16 * 8 * 25 + 16) + (784 * 64 + 64) + (64 * 10 + 10)
+    with pytest.raises(ConfigError, match="odd"):
+        _build("lenet", {"kernel_size": 4}, (1, 28, 28), 10)
+    with pytest.raises(ConfigError, match=r"\[C, H, W\]"):
+        _build("lenet", {}, (64,), 10)
 
 
 @pytest.mark.parametrize("name,options,shape,classes", CASES, ids=IDS)
