@@ -13,7 +13,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["QuadraticModel", "flat_params", "gradient_and_hessian_diagonal", "rademacher"]
+__all__ = [
+    "CurvatureTracker",
+    "QuadraticModel",
+    "flat_params",
+    "gradient_and_hessian_diagonal",
+    "head_hessian_diagonal",
+    "rademacher",
+]
 
 Smoothing = Literal["ema", "rms"]
 
@@ -152,3 +159,65 @@ class QuadraticModel:
         self.v = state["v"].to(self.v.device, torch.float32).clone()
         self.t = int(state["t"])
         self.loss0 = float(state["loss0"])
+
+
+def head_hessian_diagonal(
+    probs: torch.Tensor, features: torch.Tensor, weights: torch.Tensor, total: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Hessian diagonal of a weighted softmax cross-entropy w.r.t. the output layer.
+
+    For logits ``z = W h + b`` and ``l = CE(softmax(z), y)`` the Hessian w.r.t. ``z`` is
+    ``diag(p) - p p^T``, so the diagonal entries of the Hessian w.r.t. ``W[c, d]`` and
+    ``b[c]`` are ``p_c (1 - p_c) h_d^2`` and ``p_c (1 - p_c)``; they do not depend on the label.
+    The loss is ``sum_i w_i l_i / total``.
+
+    Args:
+        probs: ``[n, C]`` softmax probabilities.
+        features: ``[n, D]`` inputs of the output layer.
+        weights: ``[n]`` example weights.
+        total: The normaliser of the loss (the number of rows of the whole loss).
+
+    Returns:
+        ``(diag_W, diag_b)`` of shapes ``[C, D]`` and ``[C]``.
+    """
+    a = weights.float().unsqueeze(1) * probs.float() * (1.0 - probs.float())  # [n, C]
+    return (a.t() @ features.float().square()) / total, a.sum(0) / total
+
+
+class CurvatureTracker:
+    """The curvature norm ``||H_l||`` of the T1 rule, over a short horizon.
+
+    ``||H_l|| = sqrt(EMA_beta(||D_l||^2) / (1 - beta^l))``, with ``D_l`` the raw diagonal
+    estimate of fit ``l``. The mean square of an unbiased estimate does not shrink as estimates
+    accumulate (the norm of their *average* does, because Hutchinson's probe noise cancels), so
+    this norm follows the current curvature: ``T1 = ceil(h ||H_0|| / ||H_l||)`` then grows as the
+    curvature relaxes, not as fits accumulate.
+
+    Args:
+        beta: EMA decay (0.9 averages over about 10 fits).
+    """
+
+    def __init__(self, beta: float = 0.9) -> None:
+        self.beta = float(beta)
+        self.ema = 0.0
+        self.t = 0
+
+    def update(self, diag: torch.Tensor) -> float:
+        """Fold in one fit's raw diagonal estimate; return the current norm."""
+        self.t += 1
+        self.ema = self.beta * self.ema + (1.0 - self.beta) * float(torch.dot(diag, diag))
+        return self.norm()
+
+    def norm(self) -> float:
+        """The current ``||H_l||`` (NaN before the first fit)."""
+        if self.t == 0:
+            return float("nan")
+        return (self.ema / (1.0 - self.beta**self.t)) ** 0.5
+
+    def state_dict(self) -> dict[str, Any]:
+        """Primitives only."""
+        return {"beta": self.beta, "ema": self.ema, "t": self.t}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.ema, self.t = float(state["ema"]), int(state["t"])

@@ -312,29 +312,46 @@ class SelectionAnalytics:
         self.forward_examples = 0
         self.rows_: list[dict[str, Any]] = []
         self.epochs_: list[dict[str, Any]] = []
-        self._prev: torch.Tensor | None = None
+        self._prev: torch.Tensor | None = None  # distinct indices of the selection before the current one
+        self._last: torch.Tensor | None = None  # distinct indices of the current selection (as it grows)
         self._pending_first = False
         self._acc = torch.zeros(2, device=self.device)  # loss sum, forgetting-score sum
         self._acc_rows = 0  # rows trained this pseudo-epoch (known on the host)
         self._deferred: list[tuple[dict[str, Any], str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ hooks
-    def on_selection(self, step: int, selection: Selection) -> None:
-        """Record a new selection; called by the trainer right after ``select``, before step ``step``."""
+    def _describe(self, row: dict[str, Any], selection: Selection) -> torch.Tensor:
+        """Fill the fields of ``row`` that depend on the selection alone; return its distinct indices."""
         idx = selection.indices.detach().cpu()
         uniq = torch.unique(idx)
-        row: dict[str, Any] = {
-            "step": int(step),
-            "epoch": int(step) // self.steps_per_epoch,
-            "size": int(idx.numel()),
-            "unique": int(uniq.numel()),
-            "jaccard": None if self._prev is None else jaccard(self._prev, uniq),
-        }
+        row["size"] = int(idx.numel())
+        row["unique"] = int(uniq.numel())
+        row["jaccard"] = None if self._prev is None else jaccard(self._prev, uniq)
         row.update(weight_stats(selection.weights))
         counts = torch.bincount(self.labels_.index_select(0, uniq), minlength=int(self.class_reference_.numel()))
         row.update(class_balance(counts, self.class_reference_))
         if counts.numel() <= MAX_STORED_CLASSES:
             row["class_counts"] = counts.tolist()
+        return uniq
+
+    def on_extend(self, step: int, selection: Selection) -> None:
+        """The current selection grew (``Selection.extends``): ``selection`` is the whole of it now.
+
+        Its size, distinct examples, Jaccard index with the previous selection, weight and
+        class statistics are recomputed on the grown selection; the difficulty figures
+        (``forget``, ``learned``, ``unseen``, ``loss``) stay those measured when it began.
+        """
+        if not self.rows_:
+            self.on_selection(step, selection)
+            return
+        self._last = self._describe(self.rows_[-1], selection)
+
+    def on_selection(self, step: int, selection: Selection) -> None:
+        """Record a new selection; called by the trainer right after ``select``, before step ``step``."""
+        if self._last is not None:
+            self._prev = self._last  # the previous selection as it ended (extensions included)
+        row: dict[str, Any] = {"step": int(step), "epoch": int(step) // self.steps_per_epoch}
+        uniq = self._describe(row, selection)
         dev_idx = uniq.to(self.device)
         c = self.counter_
         u = max(1, int(uniq.numel()))
@@ -345,7 +362,7 @@ class SelectionAnalytics:
         if self.mode == "full":
             self._defer(row, "loss_full", self._forward_loss(dev_idx))
         self.rows_.append(row)
-        self._prev = uniq
+        self._last = uniq
         self._pending_first = True
 
     def on_step(self, step: int, info: StepInfo) -> None:
@@ -422,6 +439,7 @@ class SelectionAnalytics:
             "rows": [dict(r) for r in self.rows_],
             "epochs": [dict(e) for e in self.epochs_],
             "prev": self._prev,
+            "last": self._last,
             "pending_first": self._pending_first,
             "acc": self._acc,
             "acc_rows": self._acc_rows,
@@ -434,6 +452,8 @@ class SelectionAnalytics:
         self.rows_ = [dict(r) for r in state["rows"]]
         self.epochs_ = [dict(e) for e in state["epochs"]]
         self._prev = None if state["prev"] is None else state["prev"].cpu()
+        last = state.get("last", state["prev"])
+        self._last = None if last is None else last.cpu()
         self._pending_first = bool(state["pending_first"])
         self._acc = state["acc"].to(self.device)
         self._acc_rows = int(state["acc_rows"])

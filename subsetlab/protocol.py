@@ -5,8 +5,11 @@ this order:
 
 1. :meth:`SelectionStrategy.setup` once per run, with a :class:`SelectionContext`;
 2. :meth:`SelectionStrategy.select` before step 0, then before every later step
-   :meth:`SelectionStrategy.should_select` and, when it answers True, ``select`` again;
-3. one weighted training step on the next batch of the current :class:`Selection`;
+   :meth:`SelectionStrategy.should_select` and, when it answers True, ``select`` again (a
+   selection replaces the current one, or, with ``Selection.extends``, adds batches to it);
+3. one weighted training step on the next batch of the current :class:`Selection`:
+   forward, loss, backward, then :meth:`SelectionStrategy.on_after_backward` (the step's
+   gradients are in the parameters' ``.grad``), then the optimiser step;
 4. :meth:`SelectionStrategy.on_step_end` with the batch's per-example losses.
 
 ``state_dict`` / ``load_state_dict`` make a strategy resumable from a checkpoint.
@@ -124,6 +127,15 @@ class Selection:
             rows (each rank selected different examples; batches hold ``ctx.batch_size`` rows,
             the per-rank share). False (default): every rank returned the same selection and
             the trainer gives each rank its share of every global batch.
+        extends: True when these rows and batches are *added* to the current selection
+            instead of replacing it: a selection built lazily, a few batches at a time, as
+            the trainer reaches them (CREST's mini-batch coresets). Needs a batch plan (its
+            positions refer to this selection's own rows) and a current selection with a
+            plan. The added batches are trained next, in order; once they are all served the
+            trainer goes on serving the whole plan in a fresh random order per pass. An
+            extension is not a new selection: the run's selection log adds its rows and
+            seconds to the current entry (``extensions`` counts them), and its weights are
+            rescaled to mean 1 on their own (``TrainerConfig.normalize_weights``).
     """
 
     indices: torch.Tensor
@@ -131,6 +143,7 @@ class Selection:
     batches: list[torch.Tensor] | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
     rank_local: bool = False
+    extends: bool = False
 
     @classmethod
     def uniform(cls, indices: torch.Tensor, **diagnostics: Any) -> Selection:
@@ -181,7 +194,9 @@ class Selection:
                 batches.append(b)
             if not batches:
                 raise SelectionError(f"{who} batch plan is empty; return None to let the trainer batch.")
-        return Selection(idx, w, batches, dict(self.diagnostics), bool(self.rank_local))
+        if self.extends and batches is None:
+            raise SelectionError(f"{who} extends=True needs a batch plan (the batches to add to the current selection).")
+        return Selection(idx, w, batches, dict(self.diagnostics), bool(self.rank_local), bool(self.extends))
 
 
 @dataclass
@@ -439,6 +454,15 @@ class SelectionStrategy:
     def select(self, state: TrainState) -> Selection:
         """Return the weighted subset (and optional batch plan) to train on from this step."""
         raise NotImplementedError
+
+    def on_after_backward(self, state: TrainState) -> None:
+        """Called after the backward pass of every training step, before the optimiser step.
+
+        The ``.grad`` of ``ctx.model``'s parameters then hold the gradient of the step's
+        weighted batch loss (``mean_i(w_i * loss_i)``, without weight decay; averaged over the
+        ranks in a distributed run) at the parameters the step starts from. Read them, never
+        modify them. No-op by default.
+        """
 
     def on_step_end(self, state: TrainState, info: StepInfo) -> None:
         """Called after every optimiser step with the batch's per-example losses. No-op by default."""

@@ -136,7 +136,8 @@ def evaluate(
 class BatchStream:
     """Turns a :class:`Selection` into an endless sequence of mini-batches (positions).
 
-    With a batch plan, the plan's batches are served in a fresh random order on every pass.
+    With a batch plan, the plan's batches are served in a fresh random order on every pass;
+    batches added by :meth:`extend` are served first, in the order they were added.
     Without one, rows are served from back-to-back random permutations, ``min(B, k)`` at a time,
     so every step trains on exactly the same number of examples.
     """
@@ -147,6 +148,18 @@ class BatchStream:
         self.generator = generator
         self.order: torch.Tensor | None = None
         self.cursor = 0
+        self.queue: list[int] = []  # plan batches to serve next (added by extend), in order
+
+    def extend(self, selection: Selection, added: int) -> None:
+        """Serve ``selection`` (the current one grown by ``added`` plan batches at its end).
+
+        The added batches come next, in order; the random passes over the whole plan start
+        afresh after them.
+        """
+        n = len(selection.batches)
+        self.selection = selection
+        self.queue.extend(range(n - added, n))
+        self.order, self.cursor = None, 0
 
     def _refill(self) -> None:
         n = len(self.selection.batches) if self.selection.batches is not None else len(self.selection)
@@ -157,6 +170,8 @@ class BatchStream:
         """Positions (into the selection) of the next mini-batch."""
         plan = self.selection.batches
         if plan is not None:
+            if self.queue:
+                return plan[self.queue.pop(0)]
             if self.order is None or self.cursor >= len(plan):
                 self._refill()
             b = plan[int(self.order[self.cursor])]
@@ -174,11 +189,12 @@ class BatchStream:
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state."""
-        return {"order": self.order, "cursor": self.cursor}
+        return {"order": self.order, "cursor": self.cursor, "queue": list(self.queue)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.order, self.cursor = state["order"], int(state["cursor"])
+        self.queue = [int(q) for q in state.get("queue", [])]
 
 
 @dataclass
@@ -417,6 +433,9 @@ class Trainer:
         sel_log: list[dict[str, Any]] = []
         state = TrainState(0, 0, S, total, cfg.lr, model, 0)
         selection: Selection | None = None
+        everyone: Selection | None = None  # the selection's union over the ranks (selection itself on one)
+        after_backward = type(strategy).on_after_backward is not SelectionStrategy.on_after_backward
+        hook_s = 0.0  # seconds in on_after_backward during the current step (strategy time, not training)
         stream: BatchStream | None = None
         start_step, elapsed_before = 0, 0.0
         loss_sum, loss_n = 0.0, 0
@@ -438,6 +457,7 @@ class Trainer:
                     selection.rank_local = bool(s.get("rank_local", False))
                     stream = new_stream(selection)
                     stream.load_state_dict(ckpt["stream"])
+                    everyone = _union_selection(dv, selection)
                 history, sel_log = list(ckpt["history"]), list(ckpt["selection_log"])
                 if analytics is not None and ckpt.get("analytics") is not None:
                     analytics.load_state_dict(ckpt["analytics"])
@@ -456,28 +476,55 @@ class Trainer:
                 # --- strategy: decide and select (timed as "select")
                 _sync(device)
                 t0 = time.perf_counter()
+                new_sel = extended = False
                 if selection is None or self._hook(name, "should_select", strategy.should_select, state):
-                    selection = self._select(strategy, state, len(train), budget)
-                    stream = new_stream(selection)
-                    state.selections += 1
+                    sel = self._select(strategy, state, len(train), budget)
+                    part = _union_selection(dv, sel)
+                    if sel.extends:
+                        if selection is None or selection.batches is None:
+                            raise SelectionError(
+                                f"Strategy {name!r} returned a selection with extends=True, but the "
+                                f"current selection has no batch plan to extend; return a new "
+                                f"selection with a batch plan first."
+                            )
+                        selection = _merge(selection, sel)
+                        stream.extend(selection, len(sel.batches))
+                        everyone = selection if world == 1 else _merge(everyone, part)
+                        extended = True
+                    else:
+                        selection, everyone = sel, part
+                        stream = new_stream(selection)
+                        state.selections += 1
+                        new_sel = True
                     _sync(device)
                     secs = time.perf_counter() - t0
-                    everyone = _union_selection(dv, selection)
-                    sel_log.append(
-                        {
-                            "step": step,
-                            "epoch": state.epoch,
-                            "size": len(everyone),
-                            "unique": int(torch.unique(everyone.indices).numel()),
-                            "seconds": secs,
-                            "diagnostics": jsonable(selection.diagnostics),
-                        }
-                    )
+                    if new_sel:
+                        sel_log.append(
+                            {
+                                "step": step,
+                                "epoch": state.epoch,
+                                "size": len(everyone),
+                                "unique": int(torch.unique(everyone.indices).numel()),
+                                "seconds": secs,
+                                "diagnostics": jsonable(selection.diagnostics),
+                            }
+                        )
+                    else:
+                        entry = sel_log[-1]
+                        entry["size"] = len(everyone)
+                        entry["unique"] = int(torch.unique(everyone.indices).numel())
+                        entry["seconds"] += secs
+                        entry["extensions"] = entry.get("extensions", 0) + 1
+                        if sel.diagnostics:
+                            entry["diagnostics"] = {**entry["diagnostics"], **jsonable(sel.diagnostics)}
                 _sync(device)
                 t1 = time.perf_counter()
                 times["select"] += t1 - t0
-                if analytics is not None and sel_log and sel_log[-1]["step"] == step:
-                    analytics.on_selection(step, everyone)
+                if analytics is not None and (new_sel or extended):
+                    if new_sel:
+                        analytics.on_selection(step, everyone)
+                    else:
+                        analytics.on_extend(step, everyone)
                     _sync(device)
                     times["analytics"] += time.perf_counter() - t1
                     t1 = time.perf_counter()
@@ -506,6 +553,12 @@ class Trainer:
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if after_backward:
+                    _sync(device)
+                    t6 = time.perf_counter()
+                    self._hook(name, "on_after_backward", strategy.on_after_backward, state)
+                    _sync(device)
+                    hook_s += time.perf_counter() - t6
                 optimizer.step()
                 counters["backprop_examples"] += int(idx.shape[0])
                 counters["steps"] += 1
@@ -513,7 +566,9 @@ class Trainer:
                 loss_n += 1
                 _sync(device)
                 t2 = time.perf_counter()
-                times["train"] += t2 - t1
+                times["train"] += t2 - t1 - hook_s
+                times["select"] += hook_s
+                hook_s = 0.0
 
                 # --- strategy: per-step feedback (timed as "select")
                 info = StepInfo(
@@ -789,6 +844,21 @@ def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _merge(selection: Selection, ext: Selection) -> Selection:
+    """``selection`` grown by the rows and batches of ``ext`` (positions offset past its rows)."""
+    k0 = len(selection)
+    batches = None
+    if selection.batches is not None and ext.batches is not None:
+        batches = list(selection.batches) + [b + k0 for b in ext.batches]
+    return Selection(
+        torch.cat([selection.indices, ext.indices]),
+        torch.cat([selection.weights, ext.weights.to(selection.weights.dtype)]),
+        batches,
+        dict(selection.diagnostics),
+        selection.rank_local,
+    )
 
 
 def _union_selection(dv: DistView, selection: Selection) -> Selection:

@@ -37,14 +37,16 @@ def fit_job(dv: DistView, spec: dict[str, Any], stop_after: int | None = None, c
     return out
 
 
-def crest_select_job(dv: DistView, batch_size: int, p_init: int, seed: int = 0) -> dict[str, Any]:
+def crest_select_job(
+    dv: DistView, batch_size: int, p_init: int, seed: int = 0, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One CREST selection round on the tiny problem; this rank's coresets."""
     from strategies.crest import CrestStrategy
 
     data = tiny_problem(seed, CREST_PROBLEM)
     model = tiny_model(seed, CREST_PROBLEM)
     budget = Budget.make(len(data.train), 0.2, batch_size, 4)
-    strategy = CrestStrategy(r_fraction=0.1, p_init=p_init)
+    strategy = CrestStrategy(r_fraction=0.1, p_init=p_init, **(config or {}))
     strategy.setup(make_context(data, model, budget, seed, dv))
     sel = strategy.select(TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.1, model, 0))
     m = strategy.ctx.batch_size

@@ -186,7 +186,7 @@ def test_coresets_equal_brute_force_per_subset_per_class(similarity: str) -> Non
 
 
 def test_selection_weights_plan_and_diagnostics() -> None:
-    strategy = registry.create({"name": "crest", "r_fraction": 0.25})
+    strategy = registry.create({"name": "crest", "r_fraction": 0.25, "preset": "release"})
     ctx, state = _ctx(strategy)
     sel = strategy.select(state)
     P, m = strategy.config.p_init, ctx.batch_size
@@ -195,7 +195,7 @@ def test_selection_weights_plan_and_diagnostics() -> None:
     assert float(sel.weights.mean()) == pytest.approx(1.0)
     assert sel.diagnostics["P"] == P and sel.diagnostics["r"] == 60 and sel.diagnostics["pool"] == 240
     assert sel.diagnostics["union"] <= P * 60
-    shuffle = registry.create({"name": "crest", "r_fraction": 0.25, "batch_mode": "shuffle"})
+    shuffle = registry.create({"name": "crest", "r_fraction": 0.25, "batch_mode": "shuffle", "preset": "release"})
     _, state2 = _ctx(shuffle)
     assert shuffle.select(state2).batches is None
 
@@ -287,7 +287,7 @@ def test_fit_uses_eval_mode_and_leaves_batchnorm_statistics_alone() -> None:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
-    strategy = registry.create({"name": "crest", "r_fraction": 0.25})
+    strategy = registry.create({"name": "crest", "r_fraction": 0.25, "preset": "release"})
     _, state = _ctx(strategy, problem, model=model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
@@ -301,8 +301,8 @@ def test_fit_uses_eval_mode_and_leaves_batchnorm_statistics_alone() -> None:
 
 
 def test_last_layer_curvature_models_only_the_output_layer() -> None:
-    full = registry.create({"name": "crest", "r_fraction": 0.25})
-    last = registry.create({"name": "crest", "r_fraction": 0.25, "curvature": "last_layer"})
+    full = registry.create({"name": "crest", "r_fraction": 0.25, "preset": "release"})
+    last = registry.create({"name": "crest", "r_fraction": 0.25, "curvature": "last_layer", "preset": "release"})
     _, s1 = _ctx(full)
     _, s2 = _ctx(last)
     full.select(s1)
@@ -310,8 +310,9 @@ def test_last_layer_curvature_models_only_the_output_layer() -> None:
     n_last = 16 * 4 + 4
     assert last.quad_.m.numel() == n_last
     assert torch.allclose(full.quad_.m[-n_last:], last.quad_.m, atol=1e-6)  # same g on the last layer
-    # The last-layer fit reuses the selection's forward pass: no forward of its own.
-    assert last.ctx.meters.forward_examples == full.ctx.meters.forward_examples
+    # The last-layer fit reuses the selection's forward pass: no forward of its own (the full
+    # fit forwards its P * m rows once more).
+    assert last.ctx.meters.forward_examples + 5 * 16 == full.ctx.meters.forward_examples
 
 
 # ------------------------------------------------------------------------------ trigger, T1, P
@@ -367,10 +368,10 @@ def test_larger_tau_never_selects_more() -> None:
 def test_checks_forward_only_the_union() -> None:
     problem = TinyProblem(n_train=2000, epochs=2, fraction=0.05)
     for spec in (
-        {"name": "crest"},
-        {"name": "crest", "check_size": 30},
-        {"name": "crest", "check_set": "fresh"},
-        {"name": "crest", "check_set": "fresh", "check_size": 30},
+        {"name": "crest", "preset": "release"},
+        {"name": "crest", "preset": "release", "check_size": 30},
+        {"name": "crest", "preset": "release", "check_set": "fresh"},
+        {"name": "crest", "preset": "release", "check_set": "fresh", "check_size": 30},
     ):
         result, strategy = _fit(spec, problem=problem)
         r = strategy.r_
@@ -379,7 +380,8 @@ def test_checks_forward_only_the_union() -> None:
         unions = [s["diagnostics"]["union"] for s in result.selections["log"]]
         assert n_checks > 0
         assert all(s["diagnostics"]["union"] <= s["diagnostics"]["P"] * r for s in result.selections["log"])
-        fwd = result.work["forward_examples"]
+        # the fits forward their rows once (every coreset: fit_batches is None)
+        fwd = result.work["forward_examples"] - result.work["backward_examples"]
         per_check_max = min(spec.get("check_size", 10**9), max(unions))
         if spec.get("check_set", "fixed") == "fixed":
             # selections forward their union once; each check at most the check set
@@ -444,7 +446,7 @@ def test_config_validation() -> None:
 
 
 def test_meters_series_and_timers() -> None:
-    result, strategy = _fit({"name": "crest", "r_fraction": 0.25})
+    result, strategy = _fit({"name": "crest", "r_fraction": 0.25, "preset": "release"})
     for key in ("rho", "L_true", "F_delta", "T1", "P", "pool_size", "H_norm"):
         assert key in result.series, key
     for key in ("selection", "loss_approx", "checking"):
@@ -463,10 +465,13 @@ def test_meters_series_and_timers() -> None:
     "spec",
     [
         "crest",
-        {"name": "crest", "drop": True, "batch_mode": "shuffle"},
-        {"name": "crest", "check_set": "fresh", "check_size": 20, "curvature": "last_layer", "drop": True, "drop_interval": 1},
+        {"name": "crest", "curvature": "head", "group": 2, "drop": True, "drop_interval": 1},
+        {"name": "crest", "curvature": "last_layer", "fit": "coresets", "check_size": 8},
+        "crest[preset=release]",
+        {"name": "crest", "preset": "release", "drop": True, "batch_mode": "shuffle"},
+        {"name": "crest", "preset": "release", "check_set": "fresh", "check_size": 20, "curvature": "last_layer", "drop": True, "drop_interval": 1},
     ],
-    ids=["defaults", "drop-shuffle", "fresh-lastlayer-drop"],
+    ids=["defaults", "head-group-drop", "lastlayer-coresetfit", "release", "release-drop-shuffle", "release-fresh-lastlayer-drop"],
 )
 def test_conformance(spec) -> None:
     check_strategy(spec)

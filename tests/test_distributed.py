@@ -118,10 +118,12 @@ def test_two_process_random_run_equals_the_single_process_run():
 
 def test_crest_ranks_select_the_coresets_of_a_single_process_drawing_the_same_subsets():
     """Same seed: the ranks draw the same P subsets, rank r keeps p % 2 == r, and together they
-    select exactly the coresets a single process selects from those P subsets (same m)."""
+    select exactly the coresets a single process selects from those P subsets (same m). The
+    release preset: every coreset and the fit at the start of the round."""
     B, P = 16, 6
-    two = distributed.spawn(jobs.crest_select_job, 2, (B, 5), timeout_s=TIMEOUT)  # p_init 5 -> 6 for 2 ranks
-    one = jobs.crest_select_job(DistView(), B // 2, P)  # the same m = B / 2 rows per coreset
+    rel = {"preset": "release"}
+    two = distributed.spawn(jobs.crest_select_job, 2, (B, 5, 0, rel), timeout_s=TIMEOUT)  # p_init 5 -> 6 for 2 ranks
+    one = jobs.crest_select_job(DistView(), B // 2, P, 0, rel)  # the same m = B / 2 rows per coreset
     assert [r["P"] for r in two] == [P, P] and one["P"] == P
     assert all(r["rank_local"] for r in two) and not one["rank_local"]
     for rank, r in enumerate(two):
@@ -133,6 +135,19 @@ def test_crest_ranks_select_the_coresets_of_a_single_process_drawing_the_same_su
     for r in two:
         assert torch.allclose(r["grad_ema"], one["grad_ema"], atol=1e-6)
         assert torch.allclose(r["hess_ema"], one["hess_ema"], atol=1e-6)
+
+
+def test_lazy_crest_ranks_build_the_coresets_of_one_slot_of_w_subsets():
+    """The lazy build: each coreset slot draws W subsets from the shared generator and rank r
+    keeps subset r, exactly the subsets a single process drawing a group of W coresets selects."""
+    B = 16
+    two = distributed.spawn(jobs.crest_select_job, 2, (B, 5, 0), timeout_s=TIMEOUT)
+    one = jobs.crest_select_job(DistView(), B // 2, 6, 0, {"group": 2})
+    assert one["indices"].shape == (2, B // 2)
+    for rank, r in enumerate(two):
+        assert r["indices"].shape == (1, B // 2) and r["rank_local"]
+        assert torch.equal(r["indices"][0], one["indices"][rank])
+        assert torch.allclose(r["weights"][0] / r["weights"][0].sum(), one["weights"][rank] / one["weights"][rank].sum())
 
 
 def test_two_process_crest_run_finishes_in_step_and_close_to_one_process():
@@ -148,15 +163,25 @@ def test_two_process_crest_run_finishes_in_step_and_close_to_one_process():
         assert a["series"][key] == b["series"][key], key
     assert torch.equal(two[0]["params"], two[1]["params"])
     assert a["metrics"] == b["metrics"]
-    assert a["selections"]["sizes"][0] == 6 * 16  # P = 6 coresets of B / 2 = 16 rows, over both ranks
+    first = a["selections"]["log"][0]
+    # the first round's coresets (B / 2 = 16 rows each, built lazily per rank), over both ranks
+    assert a["selections"]["sizes"][0] == 2 * 16 * first["diagnostics"]["built"] and first["diagnostics"]["built"] >= 1
     acc1, acc2 = one["result"]["metrics"]["final_acc"], a["metrics"]["final_acc"]
     assert acc1 > 0.8 and acc2 > 0.8
     assert abs(acc1 - acc2) < 0.06, (acc1, acc2)
 
 
-def test_two_process_crest_with_every_option_stays_in_step():
-    strategy = {"name": "crest", "drop": True, "drop_interval": 1.0, "alpha": 0.5, "min_records": 1,
-                "check_set": "fresh", "check_size": 64, "fit_batches": 2, "curvature": "last_layer"}
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "crest", "drop": True, "drop_interval": 1.0, "alpha": 0.5, "min_records": 1, "preset": "release",
+         "check_set": "fresh", "check_size": 64, "fit_batches": 2, "curvature": "last_layer"},
+        {"name": "crest", "drop": True, "drop_interval": 1.0, "alpha": 0.5, "min_records": 1, "group": 2,
+         "check_size": 64, "hvp_rows": 8, "curvature": "head"},
+    ],
+    ids=["release-fresh-lastlayer", "lazy-group-head"],
+)
+def test_two_process_crest_with_every_option_stays_in_step(strategy):
     two = distributed.spawn(jobs.fit_job, 2, (_spec(strategy, epochs=8),), timeout_s=TIMEOUT)
     a, b = (r["result"] for r in two)
     assert a["status"] == b["status"] == "ok"

@@ -226,3 +226,83 @@ def test_training_leaves_global_rng_untouched():
     before = torch.get_rng_state()
     _fit("random")
     assert torch.equal(before, torch.get_rng_state())
+
+
+# ------------------------------------------------------------------------------ growing selections
+
+
+class _GrowConfig(StrategyConfig):
+    name: Literal["grow-test"] = "grow-test"
+    plan: bool = True
+
+
+class _Grow(SelectionStrategy):
+    """Starts with two batches of 4 rows, then adds one batch at steps 1 and 3 (extends=True)."""
+
+    name, Config = "grow-test", _GrowConfig
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.next_row = 0
+        self.grads = {}
+
+    def _rows(self, k):
+        idx = torch.arange(self.next_row, self.next_row + k)
+        self.next_row += k
+        return idx
+
+    def should_select(self, state):
+        return state.step in (1, 3)
+
+    def select(self, state):
+        if state.step == 0:
+            idx = self._rows(8)
+            return Selection(idx, torch.ones(8), [torch.arange(4), torch.arange(4, 8)])
+        idx = self._rows(4)
+        batches = [torch.arange(4)] if self.config.plan else None
+        return Selection(idx, torch.full((4,), 2.0), batches, {"added": int(state.step)}, extends=True)
+
+    def on_after_backward(self, state):
+        if state.step == 0:
+            self.grads[0] = [p.grad.detach().clone() for p in self.ctx.model.parameters()]
+
+
+def test_extending_selections_train_the_added_batches_next_and_log_one_selection():
+    problem_cfg = tiny_trainer_config(epochs=2, batch_size=4)
+    seen = []
+    strategy = _Grow()
+    strategy.on_step_end = lambda state, info: seen.append(sorted(info.indices.tolist()))
+    result = Trainer(problem_cfg).fit(strategy, tiny_model(0), tiny_problem(0), 0)
+    assert result.ok, result.error
+    assert seen[1] == [8, 9, 10, 11] and seen[3] == [12, 13, 14, 15]  # the added batch comes next
+    assert all(len(b) == 4 for b in seen) and set(sum(seen, [])) == set(range(16))
+    log = result.selections["log"]
+    assert result.selections["count"] == 1 and log[0]["size"] == 16 and log[0]["unique"] == 16
+    assert log[0]["extensions"] == 2 and log[0]["diagnostics"]["added"] == 3
+    rows = result.analytics["selections"]
+    assert len(rows) == 1 and rows[0]["size"] == 16 and rows[0]["unique"] == 16  # analytics see the grown selection
+    # on_after_backward sees the step's gradient before the optimiser step: that of the weighted
+    # batch loss at the initial weights
+    x, y = tiny_problem(0).train.get(torch.tensor(seen[0]))
+    ref = tiny_model(0)
+    loss = torch.nn.functional.cross_entropy(ref(x), y)
+    for got, want in zip(strategy.grads[0], torch.autograd.grad(loss, list(ref.parameters()))):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_extending_without_a_batch_plan_fails_the_run_with_the_reason():
+    result = Trainer(tiny_trainer_config(epochs=1, batch_size=4)).fit(_Grow(plan=False), tiny_model(0), tiny_problem(0), 0)
+    assert not result.ok and "extends=True needs a batch plan" in result.error
+
+
+def test_batch_stream_extend_serves_added_batches_in_order_then_random_passes():
+    sel = Selection(torch.arange(6), torch.ones(6), [torch.arange(0, 2), torch.arange(2, 4), torch.arange(4, 6)])
+    stream = BatchStream(sel, 2, torch.Generator().manual_seed(0))
+    stream.next()
+    grown = Selection(torch.arange(10), torch.ones(10), sel.batches + [torch.arange(6, 8), torch.arange(8, 10)])
+    stream.extend(grown, 2)
+    assert stream.next().tolist() == [6, 7] and stream.next().tolist() == [8, 9]
+    state = stream.state_dict()
+    assert state["queue"] == []
+    nxt = [tuple(stream.next().tolist()) for _ in range(5)]
+    assert sorted(nxt) == sorted(tuple(b.tolist()) for b in grown.batches)  # a fresh pass over all 5
