@@ -81,6 +81,7 @@ __all__ = ["PRESETS", "CrestConfig", "CrestStrategy", "next_t1_and_p"]
 
 _STATE_VERSION = 2
 
+
 #: The fields each preset sets when they are not given. ``"default"`` is the cheap faithful
 #: path; ``"release"`` the release's cost structure, exactly subsetlab's defaults before the
 #: redesign (commit a8db7b0). The release code's own ``||H_0||`` (the first fit, on the
@@ -184,6 +185,13 @@ class CrestConfig(StrategyConfig):
         "of fits).",
     )
     t1_beta: float = Field(0.9, ge=0.0, lt=1.0, description="EMA decay of t1_curvature='recent' (about 1/(1-beta) fits).")
+    max_round_epochs: float | None = Field(
+        None,
+        gt=0.0,
+        description="Lazy build: start a new round after this many pseudo-epochs even when the "
+        "quadratic model still holds (None: never, as in the paper, which trains on the round's "
+        "coresets for as long as rho <= tau). Forced rounds are counted in the 'forced' series.",
+    )
     check_set: Literal["ahead", "fixed", "fresh"] = Field(
         _D["check_set"],
         description="(preset) Where L_true is measured. 'ahead' (lazy build): check_size examples "
@@ -285,6 +293,7 @@ class CrestConfig(StrategyConfig):
             (lazy and self.batch_mode != "coreset", "batch_mode='shuffle' mixes all P coresets and needs build='eager'"),
             (not lazy and self.fit == "step", "fit='step' takes g from the round's first training step and needs build='lazy'; use fit='coresets' with build='eager'"),
             (not lazy and self.curvature == "head", "curvature='head' needs build='lazy'; use curvature='all' or 'last_layer' with build='eager'"),
+            (not lazy and self.max_round_epochs is not None, "max_round_epochs needs build='lazy'"),
         ]
         for bad, why in rules:
             if bad:
@@ -439,6 +448,7 @@ class CrestStrategy(SelectionStrategy):
         self.built_ = 0  # coresets this rank built in the current round
         self.want_ = "round"  # what the next select() makes: a new "round" or an "extend"
         self.pending_fit_: _PendingFit | None = None
+        self.checked_at_ = -1  # step of the last check (its forward of the check set is current)
         self.coresets_built_ = 0
         self.floor_ = min(n, math.ceil(round(cfg.floor_fraction * n, 6)))
         self.drop_every_ = float(cfg.drop_interval or max(1.0, ctx.budget.epochs / 10.0))
@@ -703,6 +713,11 @@ class CrestStrategy(SelectionStrategy):
         if state.step - self.ref_step_ >= self.T1_ and self._check(state):
             self.want_ = "round"
             return True
+        limit = self.config.max_round_epochs
+        if limit is not None and state.step - self.round_step_ >= limit * self.steps_per_epoch_:
+            self.ctx.meters.record("forced", state.step, 1.0)
+            self.want_ = "round"
+            return True
         if state.step - self.round_step_ >= self.built_ and self.built_ < self.P_ // self.world_:
             self.want_ = "extend"
             return True
@@ -763,7 +778,7 @@ class CrestStrategy(SelectionStrategy):
             G = max(1, min(cfg.group, self.P_ // self.world_))
             if self.ahead_ is not None and G == 1:
                 rnd = self.ahead_  # forwarded in part by the check that triggered this round
-                self.complete_round(rnd)
+                self.complete_round(rnd, fresh=self.checked_at_ != state.step)
             else:
                 rnd = self._draw_slot(G)
             self.ahead_ = None
@@ -845,7 +860,7 @@ class CrestStrategy(SelectionStrategy):
         rho = self._rho(l_true, f_delta)
         decision = self.decide(rho)
         self.checks_ += 1
-        self.ref_step_ = state.step
+        self.ref_step_ = self.checked_at_ = state.step
         meters.record("rho", state.step, rho)
         meters.record("L_true", state.step, l_true)
         meters.record("F_delta", state.step, f_delta)

@@ -209,9 +209,12 @@ class RunResult:
         metrics: ``final_acc``, ``best_acc``, ``final_loss`` on the test split.
         history: One row per evaluation: ``epoch``, ``step``, ``lr``, ``train_loss``,
             ``test_acc``, ``test_loss``, ``wall`` (seconds since start), ``selections``.
-        timings: Wall seconds: ``total``, ``train`` (training steps), ``select`` (every
-            strategy hook), ``eval``, ``checkpoint``, ``analytics`` (when on), ``other``;
-            ``strategy`` holds the strategy's own components.
+        timings: Wall seconds: ``total``, ``setup`` (before the first step: data and model to
+            the device, the optimiser (the first one a process creates imports
+            ``torch._dynamo``, about 2 s on 2 CPU cores), the strategy's ``setup``, a
+            checkpoint's loading), ``train`` (training steps), ``select`` (every strategy
+            hook), ``eval``, ``checkpoint``, ``analytics`` (when on), ``other`` (the rest:
+            bookkeeping between the parts); ``strategy`` holds the strategy's own components.
         work: ``steps``, ``backprop_examples`` (the budget), the strategy's extra
             ``forward_examples``, ``backward_examples``, ``hvp_examples``; with
             ``analytics="full"`` also ``analytics_forward_examples``.
@@ -422,7 +425,7 @@ class Trainer:
             meters=meters,
         )
         result = RunResult(strategy=name, budget=asdict(budget))
-        times = {"train": 0.0, "select": 0.0, "eval": 0.0, "checkpoint": 0.0}
+        times = {"setup": 0.0, "train": 0.0, "select": 0.0, "eval": 0.0, "checkpoint": 0.0}
         analytics = None if (cfg.analytics == "off" or not dv.is_main) else SelectionAnalytics(
             train, budget, device, cfg.analytics, model, cfg.eval_batch_size
         )
@@ -465,6 +468,7 @@ class Trainer:
                 counters.update(ckpt["counters"])
                 start_step, elapsed_before = int(ckpt["step"]), float(ckpt["elapsed"])
                 state.selections = len(sel_log)
+            times["setup"] = times.get("setup", 0.0) + time.perf_counter() - t_start  # resumed: both runs' setups
             for step in range(start_step, total):
                 if stop_after_steps is not None and step >= stop_after_steps:
                     break
@@ -539,7 +543,8 @@ class Trainer:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if train.augment is not None:
                     x = train.augment(x, gens["augment"])
-                model.train()
+                if not model.training:  # hooks and evaluation restore the mode they found; 0.4 ms a call
+                    model.train()
                 logits = net(x)
                 losses = F.cross_entropy(logits.float(), y, reduction="none")
                 loss = weighted_loss(losses, w)

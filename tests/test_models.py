@@ -55,6 +55,12 @@ def test_lenet_default_is_the_protocol_network():
     assert [(f.in_features, f.out_features) for f in fcs] == [(784, 64), (64, 10)]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert sum(p.numel() for p in model.parameters()) == (8 * 25 + 8) + (16 * 8 * 25 + 16) + (784 * 64 + 64) + (64 * 10 + 10)
+    # channels-last is a memory layout, not another network: same weights, same outputs
+    plain = _build("lenet", {"channels_last": False}, (1, 28, 28), 10)
+    for a, b in zip(model.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(model(x), plain(x), atol=1e-5)
     with pytest.raises(ConfigError, match="odd"):
         _build("lenet", {"kernel_size": 4}, (1, 28, 28), 10)
     with pytest.raises(ConfigError, match=r"\[C, H, W\]"):
