@@ -11,6 +11,7 @@ indices once, through ``Embeddings.indices``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,12 +20,21 @@ from pydantic import Field
 from subsetlab.config import EpochwiseConfig
 from subsetlab.embeddings import Embeddings
 from subsetlab.errors import SelectionError
+from subsetlab.greedi import shard_of
+from subsetlab.seeding import torch_generator
 from subsetlab.protocol import EpochwiseStrategy, Selection, SelectionContext, TrainState
 
 __all__ = [
-    "SINGLE_PROCESS_NOTE",
+    "GREEDI_NOTE",
+    "DEFAULT_SELECT_EVERY_FRACTION",
     "BaselineConfig",
     "BaselineStrategy",
+    "GreediRound",
+    "greedi_round",
+    "shard_rows",
+    "shard_items",
+    "val_rows",
+    "greedi_diagnostics",
     "embed",
     "check_finite",
     "class_members",
@@ -32,31 +42,60 @@ __all__ = [
     "bias_weight",
     "class_gradient_slice",
     "random_partition",
+    "batch_rows",
     "batch_means",
     "batch_selection",
+    "completed_rows",
     "clip_weights",
     "random_fill",
     "as_float",
 ]
 
 
-#: Why CRAIG, GradMatch and Glister refuse distributed runs (their ``distributed_note`` ends with it).
-SINGLE_PROCESS_NOTE = (
-    "A distributed version needs per-shard selection merged by a second greedy pass (GreeDi), "
-    "which is not implemented; repeating the whole selection on every rank would leave its cost, "
-    "most of these methods' time, undivided and need bit-identical greedy choices on every rank. "
-    "Run it in one process; spread a suite's runs with --workers or a Dask cluster (--cluster)"
+#: How CRAIG, GradMatch and Glister run under torch.distributed (their ``distributed_note`` ends with it).
+GREEDI_NOTE = (
+    "Under torchrun each rank selects on its own shard of the training set (a seeded, "
+    "class-stratified random partition; it embeds only that shard), the ranks gather the shards' "
+    "candidates, and a second pass over their union picks the final selection (GreeDi, "
+    "Mirzasoleiman et al. 2013); every rank ends with the same (replicated) selection. The merge "
+    "refuses to hold more than greedi_max_bytes"
 )
 
 
-class BaselineConfig(EpochwiseConfig):
-    """Schedule fields shared by CRAIG, GradMatch and Glister (not registered by itself)."""
+#: Default ``select_every_fraction``: re-select every 10% of the selecting pseudo-epochs, so
+#: about 10 selections per run (the CREST paper's baselines: R = 20 of 200 epochs).
+DEFAULT_SELECT_EVERY_FRACTION = 0.1
 
-    select_every: int = Field(
-        20,
+
+
+class BaselineConfig(EpochwiseConfig):
+    """Schedule and scale-out fields shared by CRAIG, GradMatch and Glister (not registered by itself).
+
+    The re-selection interval ``R`` is relative to the run's length by default:
+    ``R = max(1, round(select_every_fraction * (epochs - warm_start)))`` pseudo-epochs, about
+    ``1 / select_every_fraction`` selections per run whatever the number of epochs, with the
+    method's own fraction when ``select_every_fraction`` is None
+    (:meth:`default_select_every_fraction`). An absolute ``select_every`` overrides it.
+    """
+
+    select_every: int | None = Field(
+        None,
         ge=1,
-        description="Re-select every this many pseudo-epochs (R; CORDS default 20). The first "
-        "selection is at step 0, or at the end of the warm start.",
+        le=1_000_000,
+        description="Re-select every this many pseudo-epochs (R, absolute; CORDS uses 20 for "
+        "200-300 epochs). None (default): R follows the run's length through "
+        "select_every_fraction. The first selection is at step 0, or at the end of the warm start.",
+    )
+    select_every_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="When select_every is None: R = max(1, round(select_every_fraction * "
+        "(epochs - warm_start))) pseudo-epochs, i.e. about 1/select_every_fraction selections "
+        "per run (1.0: a single selection). None (default): 0.1, about 10 selections per run, "
+        "as in the CREST paper's baseline runs (R = 20 of 200 epochs); 0.05 (about 20) for "
+        "GradMatch's per-batch variant, where it measured better. Ignored when select_every is "
+        "given.",
     )
     warm_start: int = Field(
         0,
@@ -66,25 +105,62 @@ class BaselineConfig(EpochwiseConfig):
         "pass) before the first selection; their backprops count against the budget as usual. "
         "CORDS' kappa is warm_start / epochs. 0 (default) selects at step 0.",
     )
+    greedi_max_bytes: int = Field(
+        2**30,
+        ge=2**20,
+        le=2**50,
+        description="Distributed runs only: the most bytes the GreeDi merge may hold on one "
+        "rank (the gathered candidates' embeddings plus the merge's similarity or solver "
+        "state, per class). A merge that would need more raises a SelectionError before "
+        "gathering anything. Default 1 GiB.",
+    )
+
+    greedi_oversample: float = Field(
+        2.0,
+        ge=1.0,
+        le=1_000_000.0,
+        description="Distributed runs only: each rank proposes min(k_c, its shard's n_c, "
+        "ceil(greedi_oversample * k_c / world_size)) candidates per class to the GreeDi merge. "
+        "2 (default): twice its share, so the union holds about 2k candidates whatever the "
+        "number of ranks (with 2 ranks: k each, GreeDi's own choice); a value >= world_size "
+        "proposes k per rank, a larger union (better merge, more merge work and memory).",
+    )
+
+    def default_select_every_fraction(self) -> float:
+        """The fraction used when ``select_every_fraction`` is None (0.1 unless a method says otherwise)."""
+        return DEFAULT_SELECT_EVERY_FRACTION
+
+    def interval(self, epochs: int) -> int:
+        """The re-selection interval R in pseudo-epochs for a run of ``epochs`` pseudo-epochs."""
+        if self.select_every is not None:
+            return int(self.select_every)
+        frac = self.select_every_fraction
+        if frac is None:
+            frac = self.default_select_every_fraction()
+        span = max(1, int(epochs) - int(self.warm_start))
+        return max(1, math.floor(frac * span + 0.5))
 
 
 class BaselineStrategy(EpochwiseStrategy):
     """Schedule and state shared by the epoch-wise baselines.
 
     Selections happen at step 0 and then at the first step of pseudo-epochs ``W``, ``W + R``,
-    ``W + 2R``, ... (``W = warm_start``, ``R = select_every``). With ``W > 0`` the selection
-    at step 0 is the whole training set with weight 1, streamed by the trainer for ``W``
-    pseudo-epochs (CORDS' ``kappa`` warm start: full-data training for the same number of
-    backprops). Subclasses implement :meth:`select_subset`.
+    ``W + 2R``, ... (``W = warm_start``, ``R = config.interval(epochs)``: ``select_every``, or
+    by default a fraction of the run's length). With ``W > 0`` the selection at step 0 is the
+    whole training set with weight 1, streamed by the trainer for ``W`` pseudo-epochs (CORDS'
+    ``kappa`` warm start: full-data training for the same number of backprops). Subclasses
+    implement :meth:`select_subset`.
 
     Attributes:
+        interval_: R, the re-selection interval of this run in pseudo-epochs (set by ``setup``).
         partition_: The fixed random order of the training rows that defines the mini-batches
             of per-batch variants (drawn at the first per-batch selection; checkpointed).
     """
 
     def setup(self, ctx: SelectionContext) -> None:
-        """Store ``ctx``; per-batch partitions are drawn lazily at the first selection."""
+        """Store ``ctx`` and resolve R; per-batch partitions are drawn lazily at the first selection."""
         super().setup(ctx)
+        self.interval_: int = self.config.interval(ctx.budget.epochs)
         self.partition_: torch.Tensor | None = None
 
     def in_warm_start(self, state: TrainState) -> bool:
@@ -93,7 +169,8 @@ class BaselineStrategy(EpochwiseStrategy):
 
     def should_select(self, state: TrainState) -> bool:
         """True at the first step of pseudo-epochs ``W + j R`` (j >= 0)."""
-        w, r = self.config.warm_start, self.config.select_every
+        w = self.config.warm_start
+        r = getattr(self, "interval_", None) or self.config.interval(state.total_steps // max(1, state.steps_per_epoch))
         return state.epoch_start and state.epoch >= w and (state.epoch - w) % r == 0
 
     def select(self, state: TrainState) -> Selection:
@@ -105,6 +182,20 @@ class BaselineStrategy(EpochwiseStrategy):
     def select_subset(self, state: TrainState) -> Selection:
         """The method's own selection (implemented by each strategy)."""
         raise NotImplementedError
+
+    @property
+    def distributed(self) -> bool:
+        """True in a run of more than one rank (the GreeDi path)."""
+        return self.ctx is not None and self.ctx.dist.world_size > 1
+
+    def plan_batch_size(self) -> int:
+        """Rows of one batch of a per-batch plan: the *global* rows of one training step.
+
+        ``min(B, subset_size)``: the trainer splits every batch of a replicated plan over the
+        ranks, so it holds the rows of all ranks (``ctx.batch_size`` times the world size).
+        """
+        b = self.ctx.budget
+        return min(b.batch_size, b.subset_size)
 
     def partition(self, n: int, repartition: bool = False) -> torch.Tensor:
         """The random order of ``n`` rows that defines the mini-batches (chunks of B).
@@ -130,6 +221,68 @@ class BaselineStrategy(EpochwiseStrategy):
 
 
 # ----------------------------------------------------------------------------------------------
+# GreeDi (distributed runs)
+
+
+@dataclass
+class GreediRound:
+    """The generators of one distributed selection, derived from the run seed and the step.
+
+    ``shard`` and ``fill`` are the same on every rank (the partition and any random fill are
+    computed everywhere without communication); ``local`` differs per rank (the local pass's
+    stochastic greedy); ``merge`` is used by rank 0 only. None of them touches
+    ``ctx.generator``, which every rank must keep consuming identically.
+    """
+
+    shard: torch.Generator
+    local: torch.Generator
+    merge: torch.Generator
+    fill: torch.Generator
+
+
+def greedi_round(ctx: SelectionContext, name: str, step: int) -> GreediRound:
+    """The :class:`GreediRound` of the selection at ``step``."""
+    s, r = ctx.seed, ctx.dist.rank
+    return GreediRound(
+        shard=torch_generator(s, "greedi", name, step, "shard"),
+        local=torch_generator(s, "greedi", name, step, "local", r),
+        merge=torch_generator(s, "greedi", name, step, "merge"),
+        fill=torch_generator(s, "greedi", name, step, "fill"),
+    )
+
+
+def shard_rows(ctx: SelectionContext, generator: torch.Generator) -> torch.Tensor:
+    """This rank's training rows (sorted CPU int64): a class-stratified random shard."""
+    owner = shard_of(ctx.budget.n, ctx.dist.world_size, generator, ctx.train.labels.cpu())
+    return (owner == ctx.dist.rank).nonzero().squeeze(1)
+
+
+def shard_items(n: int, ctx: SelectionContext, generator: torch.Generator) -> torch.Tensor:
+    """This rank's share of ``n`` items (e.g. mini-batch ids; sorted CPU int64), at random."""
+    owner = shard_of(n, ctx.dist.world_size, generator)
+    return (owner == ctx.dist.rank).nonzero().squeeze(1)
+
+
+def val_rows(ctx: SelectionContext) -> torch.Tensor:
+    """This rank's validation rows: every ``W``-th from ``rank``."""
+    n = len(ctx.val) if ctx.val is not None else 0
+    return torch.arange(ctx.dist.rank, n, ctx.dist.world_size)
+
+
+def greedi_diagnostics(ctx: SelectionContext, results: list[Any]) -> dict[str, Any]:
+    """What a GreeDi selection records: world size, candidates gathered, which pass won."""
+    merged = sum(1 for r in results if r.source == "merge")
+    return {
+        "greedi": {
+            "world_size": ctx.dist.world_size,
+            "candidates": int(sum(r.candidates for r in results)),
+            "merge_won": merged,
+            "shard_won": len(results) - merged,
+        }
+    }
+
+
+# ----------------------------------------------------------------------------------------------
 # embeddings
 
 
@@ -140,10 +293,13 @@ def embed(
     features: bool = False,
     logits: bool = False,
     who: str = "strategy",
+    indices: torch.Tensor | None = None,
 ) -> Embeddings:
-    """Embed a whole split with ``ctx.embedder``: timed as ``"embedding"``, counted as forwards.
+    """Embed a split (or the rows ``indices`` of it) with ``ctx.embedder``: timed as
+    ``"embedding"``, counted as forwards.
 
-    Returns float32 tensors on ``ctx.device`` (the embedder may store float16 on CUDA).
+    Returns float32 tensors on ``ctx.device`` (the embedder may store float16 on CUDA); row i
+    is example ``indices[i]`` (``Embeddings.indices``).
 
     Raises:
         SelectionError: when the split is missing or an embedding is NaN or infinite.
@@ -155,7 +311,7 @@ def embed(
             f"data.val_fraction > 0 (e.g. 0.1) or choose an option that does not use it."
         )
     with ctx.meters.timer("embedding"):
-        emb = ctx.embedder.embed(data, kind=kind, return_features=features, return_logits=logits)
+        emb = ctx.embedder.embed(data, indices, kind=kind, return_features=features, return_logits=logits)
     ctx.meters.add_forward(len(emb))
     emb.grads = as_float(emb.grads)
     check_finite(emb, who, split)
@@ -242,66 +398,75 @@ def random_partition(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def batch_rows(order: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``[nb, B]`` rows of the mini-batches of ``order``: every batch holds exactly B rows.
+
+    Batch ``b`` is ``order[b*B : (b+1)*B]``, ``nb = ceil(n / B)``. When B does not divide n the
+    last batch is completed with the first ``B - n % B`` rows of ``order`` (so those rows are in
+    two batches), instead of being a short batch of ``n % B`` rows: every batch the trainer
+    serves from a plan back-propagates B examples, as a batch of any other method does. (When
+    B > n, rows repeat within the one batch.)
+    """
+    order = order.cpu()
+    n, B = int(order.shape[0]), int(batch_size)
+    nb = math.ceil(n / B)
+    return order[torch.arange(nb * B) % n].view(nb, B)
+
+
 def batch_means(
-    g: torch.Tensor, h: torch.Tensor | None, order: torch.Tensor, batch_size: int, kind: str = "bias"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean gradient embedding of each mini-batch of ``order`` (chunks of ``batch_size``).
+    g: torch.Tensor, h: torch.Tensor | None, rows: torch.Tensor, kind: str = "bias"
+) -> torch.Tensor:
+    """Mean gradient embedding of each mini-batch.
 
     Args:
         g: ``[n, C]`` bias gradients.
         h: ``[n, D]`` features (needed for ``kind="bias_weight"``).
-        order: ``[n]`` row order; batch ``b`` is ``order[b*B : (b+1)*B]`` (the last may be short).
-        batch_size: B.
+        rows: ``[nb, B]`` rows of ``g`` in each batch (:func:`batch_rows`).
         kind: ``"bias"`` (``[nb, C]``) or ``"bias_weight"`` (``[nb, C + C*D]``, the mean of the
             per-example outer products, computed batch by batch with one ``bmm``).
 
     Returns:
-        ``(means, sizes)``: ``[nb, dim]`` means and ``[nb]`` int64 batch sizes.
+        ``[nb, dim]`` means.
     """
-    n, C = g.shape
-    B = int(batch_size)
-    nb = math.ceil(n / B)
-    order = order.to(g.device)
-    pad = torch.full((nb * B,), -1, dtype=torch.int64, device=g.device)
-    pad[:n] = order
-    valid = (pad >= 0).to(g.dtype).view(nb, B, 1)
-    gp = g.index_select(0, pad.clamp(min=0)).view(nb, B, C) * valid
-    sizes = valid.view(nb, B).sum(1)
-    mean_g = gp.sum(1) / sizes.unsqueeze(1)
+    nb, B = rows.shape
+    flat = rows.reshape(-1).to(g.device)
+    gp = g.index_select(0, flat).view(nb, B, -1)
+    mean_g = gp.mean(1)
     if kind == "bias":
-        return mean_g, sizes.long()
-    hp = h.index_select(0, pad.clamp(min=0)).view(nb, B, -1)
-    w = torch.bmm(gp.transpose(1, 2), hp).flatten(1) / sizes.unsqueeze(1)
-    return torch.cat([mean_g, w], dim=1), sizes.long()
+        return mean_g
+    hp = h.index_select(0, flat).view(nb, B, -1)
+    w = torch.bmm(gp.transpose(1, 2), hp).flatten(1) / B
+    return torch.cat([mean_g, w], dim=1)
 
 
 def batch_selection(
     indices: torch.Tensor,
-    order: torch.Tensor,
-    batch_size: int,
+    rows: torch.Tensor,
     chosen: torch.Tensor,
     weights: torch.Tensor,
     **diagnostics: Any,
 ) -> Selection:
-    """A selection with a batch plan: each chosen mini-batch is one training batch.
+    """A selection with a batch plan: each chosen mini-batch is one training batch of B rows.
 
     Args:
         indices: ``[n]`` dataset index of each row (``Embeddings.indices``).
-        order: The row order that defines the batches (see :func:`batch_means`).
-        batch_size: B.
+        rows: ``[nb, B]`` rows of each mini-batch (:func:`batch_rows`).
         chosen: ``[m]`` chosen batch ids.
         weights: ``[m]`` weight of each chosen batch, given to every example of the batch.
-        **diagnostics: Recorded with the selection.
+        **diagnostics: Recorded with the selection, with ``batch_rows`` (B) added.
     """
-    B = int(batch_size)
-    order = order.cpu()
-    idx_cpu = indices.cpu()
-    parts = [order[int(b) * B : (int(b) + 1) * B] for b in chosen.cpu().tolist()]
-    sizes = [p.shape[0] for p in parts]
-    rows = torch.cat(parts)
-    w = torch.repeat_interleave(weights.detach().cpu().float(), torch.tensor(sizes))
-    plan = list(torch.arange(rows.shape[0]).split(sizes))
-    return Selection(idx_cpu[rows], w, plan, dict(diagnostics))
+    nb, B = rows.shape
+    chosen = chosen.cpu().long()
+    picked = rows.index_select(0, chosen).reshape(-1)
+    w = weights.detach().cpu().float().repeat_interleave(B)
+    plan = list(torch.arange(picked.shape[0]).view(-1, B)) if picked.numel() else []
+    return Selection(indices.cpu()[picked], w, plan, {**diagnostics, "batch_rows": int(B)})
+
+
+def completed_rows(n: int, batch_size: int) -> int:
+    """Rows the last mini-batch of a partition of ``n`` rows borrows to hold B (0 when B divides n)."""
+    r = int(n) % int(batch_size)
+    return 0 if r == 0 else int(batch_size) - r
 
 
 # ----------------------------------------------------------------------------------------------

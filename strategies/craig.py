@@ -13,8 +13,10 @@ One selection (:func:`craig_selection`):
 * ``variant="per_batch"``: the ground set is the mini-batches of a seeded random partition of
   the training set into batches of B (mean embedding per batch); facility location chooses
   ``ceil(k / B)`` batches, each becomes one training batch (a batch plan), and every example
-  of a batch gets the batch's cluster size (in batches) as weight. The selection holds at most
-  ``ceil(k / B) * B <= k + B - 1`` rows (the short last batch of the partition may be chosen).
+  of a batch gets the batch's cluster size (in batches) as weight. Every batch holds exactly
+  B rows (when B does not divide N, the partition's last batch is completed with the first rows
+  of the order, :func:`strategies._common.batch_rows`), so the selection holds
+  ``ceil(k / B) * B`` rows and every step back-propagates B examples, as with any other method.
 
 Embeddings are the closed-form last-layer gradients (``softmax - onehot``, C values, or bias +
 weight, C + C*D values) from one no-grad pass over the training set. Rows carry their dataset
@@ -43,21 +45,28 @@ import torch
 from pydantic import Field, model_validator
 
 from strategies._common import (
-    SINGLE_PROCESS_NOTE,
+    GREEDI_NOTE,
     BaselineConfig,
     BaselineStrategy,
     as_float,
     batch_means,
+    batch_rows,
     batch_selection,
     bias_weight,
     class_budgets,
     class_members,
     clip_weights,
+    completed_rows,
     embed,
+    greedi_diagnostics,
+    greedi_round,
+    shard_items,
+    shard_rows,
 )
 from subsetlab.embeddings import Embeddings
 from subsetlab.protocol import Capabilities, Selection, TrainState
 from subsetlab.registry import register
+from subsetlab.greedi import greedi_facility_location
 from subsetlab.submodular import select_facility_location
 
 __all__ = ["CraigConfig", "CraigStrategy", "craig_selection"]
@@ -156,14 +165,16 @@ def craig_selection(
     if config.variant == "per_batch":
         if order is None:
             order = torch.randperm(g.shape[0], generator=generator)
-        means, _sizes = batch_means(g, h, order, batch_size, config.embedding)
+        rows = batch_rows(order, batch_size)
+        means = batch_means(g, h, rows, config.embedding)
         m = min(math.ceil(k / batch_size), means.shape[0])
         res = select_facility_location(means, m, **fl)
         w, clipped = clip_weights(res.weights.float(), config.max_weight)
         return batch_selection(
-            emb.indices, order, batch_size, res.ranking, w,
+            emb.indices, rows, res.ranking, w,
             variant="per_batch", batches=int(m), objective=res.objective,
             max_weight_ratio=_ratio(res.weights), clipped=clipped,
+            completed_rows=completed_rows(g.shape[0], batch_size),
         )
 
     labels = emb.labels
@@ -205,24 +216,80 @@ def _ratio(w: torch.Tensor) -> float:
 class CraigStrategy(BaselineStrategy):
     """CRAIG: per-class (or per-batch) facility location on gradient embeddings.
 
-    Re-selects every ``select_every`` pseudo-epochs (after an optional full-data
-    ``warm_start``); weights are cluster sizes. See :mod:`strategies.craig`.
+    Re-selects every R pseudo-epochs (``select_every``, or by default a tenth of the run;
+    after an optional full-data ``warm_start``); weights are cluster sizes. Under torchrun the
+    selection is GreeDi's (:func:`subsetlab.greedi.greedi_facility_location`). See
+    :mod:`strategies.craig`.
     """
 
     name = "craig"
     Config = CraigConfig
     capabilities = Capabilities(
         needs_validation=False,
-        supports_distributed=False,
-        distributed_note="CRAIG solves facility location over every class of the whole training set. "
-        + SINGLE_PROCESS_NOTE,
+        supports_distributed=True,
+        distributed_note="CRAIG's facility location (per class, or over mini-batches) runs per shard. "
+        + GREEDI_NOTE
+        + "; the merge weights each candidate by its shard cluster size, and the final weights are "
+        "the exact cluster sizes over the whole training set.",
         stochastic=True,
     )
 
     def select_subset(self, state: TrainState) -> Selection:
-        """Embed the training set, then :func:`craig_selection`."""
+        """Embed the training set, then :func:`craig_selection` (GreeDi across ranks)."""
         ctx, cfg = self.ctx, self.config
+        if self.distributed:
+            return self._select_greedi(state)
         emb = embed(ctx, kind="bias", features=cfg.embedding == "bias_weight", who=self.name)
         order = self.partition(len(emb), cfg.repartition) if cfg.variant == "per_batch" else None
         with ctx.meters.timer("selection"):
-            return craig_selection(emb, ctx.budget.subset_size, ctx.batch_size, cfg, ctx.generator, order)
+            return craig_selection(emb, ctx.budget.subset_size, self.plan_batch_size(), cfg, ctx.generator, order)
+
+    def _select_greedi(self, state: TrainState) -> Selection:
+        """GreeDi: facility location on this rank's shard, merged over the ranks' candidates."""
+        ctx, cfg = self.ctx, self.config
+        dv, n, k = ctx.dist, ctx.budget.n, ctx.budget.subset_size
+        weight = cfg.embedding == "bias_weight"
+        rnd = greedi_round(ctx, self.name, state.step)
+        fl = {
+            "similarity_kind": cfg.similarity, "optimizer": cfg.optimizer, "epsilon": cfg.epsilon,
+            "local_generator": rnd.local, "merge_generator": rnd.merge, "backend": cfg.backend,
+            "merge_max_bytes": cfg.greedi_max_bytes, "oversample": cfg.greedi_oversample, "who": self.name,
+        }
+        if cfg.variant == "per_batch":
+            B = self.plan_batch_size()
+            rows = batch_rows(self.partition(n, cfg.repartition), B)
+            nb = rows.shape[0]
+            mine = shard_items(nb, ctx, rnd.shard)
+            need = rows[mine].reshape(-1).unique()
+            emb = embed(ctx, kind="bias", features=weight, who=self.name, indices=need)
+            pos = torch.full((n,), -1, dtype=torch.long)
+            pos[need] = torch.arange(need.shape[0])
+            g, h = as_float(emb.grads), as_float(emb.features) if weight else None
+            with ctx.meters.timer("selection"):
+                means = batch_means(g, h, pos[rows[mine]], cfg.embedding)
+                (res,) = greedi_facility_location(dv, [(means, mine, min(math.ceil(k / B), nb))], **fl)
+                w, clipped = clip_weights(res.weights.float(), cfg.max_weight)
+                return batch_selection(
+                    torch.arange(n), rows, res.ids, w,
+                    variant="per_batch", batches=int(res.ids.numel()), max_weight_ratio=_ratio(res.weights),
+                    clipped=clipped, completed_rows=completed_rows(n, B), **greedi_diagnostics(ctx, [res]),
+                )
+        emb = embed(ctx, kind="bias", features=weight, who=self.name, indices=shard_rows(ctx, rnd.shard))
+        g, h = as_float(emb.grads), as_float(emb.features) if weight else None
+        num_classes = g.shape[1]
+        with ctx.meters.timer("selection"):
+            budgets = class_budgets(ctx.train.labels.cpu(), num_classes, k)
+            problems = []
+            for c, members in enumerate(class_members(emb.labels, num_classes)):
+                if int(budgets[c]) > 0:  # the same classes on every rank (global budgets)
+                    x = g[members] if h is None else bias_weight(g[members], h[members])
+                    problems.append((x, emb.indices[members], int(budgets[c])))
+            results = greedi_facility_location(dv, problems, **fl)
+            ids = [r.ids for r in results]
+            raw = torch.cat([r.weights.float() for r in results])
+            w, clipped = clip_weights(raw, cfg.max_weight)
+            return Selection(
+                torch.cat(ids).cpu(), w.cpu(), None,
+                {"variant": "per_class", "budgets": budgets.tolist(), "max_weight_ratio": _ratio(raw),
+                 "clipped": clipped, **greedi_diagnostics(ctx, results)},
+            )

@@ -60,13 +60,20 @@ class StrategyConfig(FrozenConfig):
 
 
 class EpochwiseConfig(StrategyConfig):
-    """Base config of strategies that re-select at pseudo-epoch boundaries."""
+    """Base config of strategies that re-select at pseudo-epoch boundaries.
+
+    ``select_every`` is an absolute interval R in pseudo-epochs, 1 by default: Random draws a
+    fresh subset every pseudo-epoch. CRAIG, GradMatch and Glister (their shared
+    ``strategies._common.BaselineConfig``) make R relative to the run's length by default
+    (``select_every=None`` with ``select_every_fraction``, about 10 selections per run) and
+    keep ``select_every`` as the absolute option.
+    """
 
     select_every: int = Field(
         1,
         ge=1,
         description="Re-select every this many pseudo-epochs (R); the first selection is at "
-        "step 0.",
+        "step 0. 1 (default): every pseudo-epoch.",
     )
 
 

@@ -22,7 +22,8 @@ Conventions of a distributed run of ``W`` processes (see the "Scaling out" guide
 Functions here: :func:`init` / :func:`view` / :func:`shutdown` for a process launched by
 ``torchrun``, :func:`spawn` to run a function on ``W`` local processes (tests, benchmarks),
 :func:`torchrun_command` for ``subsetlab run --nproc``, and the collectives the trainer uses
-(:func:`all_gather_cat`, :func:`broadcast_object`, :func:`gather_outcomes`).
+(:func:`all_gather_cat`, :func:`all_gather_object`, :func:`broadcast_object`,
+:func:`gather_outcomes`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from subsetlab.protocol import DistView
 __all__ = [
     "DistributedError",
     "all_gather_cat",
+    "all_gather_object",
     "broadcast_object",
     "env_rank_world",
     "free_port",
@@ -267,6 +269,23 @@ def all_gather_cat(dv: DistView, t: torch.Tensor) -> torch.Tensor:
     pad = torch.zeros((top - int(t.shape[0]), *t.shape[1:]), dtype=t.dtype, device=t.device)
     parts = dv.all_gather(torch.cat([t, pad]) if top > t.shape[0] else t)
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def all_gather_object(dv: DistView, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (sizes may differ between ranks).
+
+    ``obj`` is data, as for :func:`broadcast_object`. Single-process: ``[obj]``.
+    """
+    if dv.world_size == 1:
+        return [obj]
+    data = torch.frombuffer(bytearray(_dumps(obj)), dtype=torch.uint8)
+    sizes = [int(s) for s in dv.all_gather(torch.tensor([data.numel()], dtype=torch.long))]
+    flat = all_gather_cat(dv, data)
+    parts, start = [], 0
+    for n in sizes:
+        parts.append(_loads(flat[start : start + n].numpy().tobytes()))
+        start += n
+    return parts
 
 
 def broadcast_object(dv: DistView, obj: Any, src: int = 0) -> Any:

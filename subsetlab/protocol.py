@@ -119,8 +119,12 @@ class Selection:
             mean 1 (``TrainerConfig.normalize_weights``).
         batches: Optional batch plan: a list of int64 tensors of *positions* into
             ``indices``/``weights``, one per mini-batch, for methods that define their own
-            batches (CREST's mini-batch coresets, per-batch CRAIG). Without it the trainer
-            shuffles the rows into batches of B with the run's generator.
+            batches (CREST's mini-batch coresets, per-batch CRAIG). Every batch holds exactly
+            the rows of one training step (``min(B, subset_size)``; for a ``rank_local``
+            selection, this rank's share ``ctx.batch_size``), like the trainer's own batches,
+            so that every method back-propagates the same number of examples
+            (:meth:`validate` checks it when given ``batch_size``). Without a plan the
+            trainer shuffles the rows into batches of B with the run's generator.
         diagnostics: Small, JSON-serialisable facts about this selection (recorded in the
             selection log of the run result).
         rank_local: Only for distributed runs: True when the selection holds this rank's own
@@ -154,8 +158,21 @@ class Selection:
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
-    def validate(self, n: int, strategy: str = "strategy", max_size: int | None = None) -> Selection:
+    def validate(
+        self, n: int, strategy: str = "strategy", max_size: int | None = None, batch_size: int | None = None
+    ) -> Selection:
         """Check the contract and return a CPU copy with float32 weights.
+
+        Args:
+            n: Training examples N (indices must lie in ``[0, n)``).
+            strategy: Name used in the errors.
+            max_size: Most rows the selection may hold.
+            batch_size: When given, every batch of a batch plan must hold exactly this many
+                rows, so that a plan back-propagates as many examples per step as the
+                trainer's own batches do. The trainer passes the rows one step trains:
+                ``min(B, subset_size)`` for a replicated selection (a global batch, split over
+                the ranks), that divided by the world size for a ``rank_local`` one (this
+                rank's share, ``ctx.batch_size``).
 
         Raises:
             SelectionError: naming ``strategy`` and what is wrong.
@@ -191,6 +208,14 @@ class Selection:
                 b = torch.as_tensor(b, dtype=torch.long).cpu()
                 if b.numel() == 0 or int(b.min()) < 0 or int(b.max()) >= k:
                     raise SelectionError(f"{who} batch plan has an empty batch or positions outside [0, {k}).")
+                if batch_size is not None and b.numel() != batch_size:
+                    raise SelectionError(
+                        f"{who} batch plan has a batch of {b.numel()} rows (batch {len(batches)} of "
+                        f"{len(self.batches)}); every planned batch must hold exactly {batch_size} rows, "
+                        f"the rows of one training step, so that every method back-propagates the same "
+                        f"number of examples. Complete short batches (e.g. with rows of other batches) "
+                        f"or leave batching to the trainer (batches=None)."
+                    )
                 batches.append(b)
             if not batches:
                 raise SelectionError(f"{who} batch plan is empty; return None to let the trainer batch.")

@@ -782,6 +782,7 @@ def facility_location(
     epsilon: float = 0.01,
     generator: torch.Generator | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    ground_weights: torch.Tensor | None = None,
 ) -> FLResult:
     """Greedy facility location on a precomputed similarity matrix.
 
@@ -813,6 +814,12 @@ def facility_location(
         epsilon: Stochastic greedy's accuracy parameter, in (0, 1).
         generator: Required for ``"stochastic"``; its device may differ from ``sim``'s.
         max_bytes: Cap on the temporary memory of one candidate chunk and on the pruned copy.
+        ground_weights: Optional ``[n]`` positive weights of the ground elements: the
+            objective becomes ``F(S) = sum_i w_i max_{j in S} sim[i, j]`` (a ground element
+            standing for ``w_i`` others, as a candidate of a GreeDi merge stands for its
+            cluster), and the result's ``weights`` are the sums of the ground weights each
+            chosen element represents (they sum to ``sum_i w_i``). The choices equal those of
+            the unweighted greedy when all weights are equal.
 
     Returns:
         :class:`FLResult` with ``ranking``, ``gains``, ``weights`` (cluster sizes summing to n),
@@ -820,7 +827,8 @@ def facility_location(
 
     Raises:
         ConfigError: bad ``k``, ``optimizer``, ``epsilon`` or missing generator.
-        DataError: ``sim`` not square, not finite or negative.
+        DataError: ``sim`` not square, not finite or negative; ``ground_weights`` not ``[n]``,
+            not finite or not positive.
     """
     k = _check_k(k)
     _check_optimizer(optimizer)
@@ -830,8 +838,23 @@ def facility_location(
         _need_generator(generator)
     sim = _check_sim(sim, 2)
     c = _candidate_major(sim)
+    w = None
+    if ground_weights is not None:
+        w = _as_float(torch.as_tensor(ground_weights), "ground_weights").to(device=c.device, dtype=c.dtype)
+        if w.shape != (c.shape[0],):
+            raise DataError(
+                f"ground_weights must have shape [n] = [{c.shape[0]}] (one per ground element). "
+                f"Got {tuple(w.shape)} instead."
+            )
+        _check_finite(w, "ground_weights")
+        if w.numel() and float(w.min()) <= 0:
+            raise DataError(f"ground_weights must be > 0. Got minimum {float(w.min()):.4g} instead.")
+        c = c * w.unsqueeze(0)  # candidate-major: c[j, i] = w_i sim[i, j]
     chunk = _rows_per_chunk(c.shape[0], c.element_size(), max_bytes)
-    return _greedy(_DenseRows(c), k, optimizer, float(epsilon), generator, chunk, max_bytes)
+    res = _greedy(_DenseRows(c), k, optimizer, float(epsilon), generator, chunk, max_bytes)
+    if w is not None and res.ranking.numel():
+        res.weights = torch.bincount(res.assignment, weights=w, minlength=res.ranking.shape[0]).to(c.dtype)
+    return res
 
 
 def _need_generator(generator: torch.Generator | None) -> None:

@@ -123,3 +123,30 @@ def suite_job(dv: DistView, suite: dict[str, Any], results: str) -> dict[str, An
     registry.register(RankBoom)
     out = run_suite(Suite.from_dict(suite), results, progress="none", dist=dv)
     return {"statuses": out.statuses, "ran": out.ran}
+
+
+def greedi_select_job(dv: DistView, configs: list[dict[str, Any]], seed: int = 0, batch_size: int = 32) -> list[dict[str, Any]]:
+    """One selection of each epoch-wise baseline config (CRAIG, GradMatch, Glister) on the tiny
+    problem: this rank's selection and the work it did."""
+    from subsetlab import registry
+
+    data = tiny_problem(seed, CREST_PROBLEM)
+    model = tiny_model(seed, CREST_PROBLEM)
+    out = []
+    for config in configs:
+        strategy = registry.create(registry.make_config(config))
+        budget = Budget.make(len(data.train), 0.2, batch_size, 4)
+        ctx = make_context(data, model, budget, seed, dv)
+        strategy.setup(ctx)
+        sel = strategy.select(TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.1, model, 0))
+        checked = sel.validate(len(data.train), strategy.name, batch_size=min(batch_size, budget.subset_size))
+        out.append({
+            "indices": checked.indices,
+            "weights": checked.weights,
+            "batches": None if checked.batches is None else torch.stack(checked.batches),
+            "rank_local": checked.rank_local,
+            "forward": ctx.meters.forward_examples,
+            "diagnostics": {k: v for k, v in checked.diagnostics.items() if k in ("greedi", "random_fill", "source")},
+            "generator": ctx.generator.get_state(),
+        })
+    return out

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from strategies._common import batch_means, bias_weight, class_members, random_partition
+from strategies._common import batch_means, batch_rows, bias_weight, class_members, random_partition
 from strategies.craig import CraigConfig, CraigStrategy, craig_selection
 from subsetlab import registry
 from subsetlab.data.base import DataSplits, IndexedDataset
@@ -152,22 +152,51 @@ def test_per_batch_returns_a_valid_batch_plan_of_whole_minibatches():
     sel = craig_selection(_emb(x, y), k, B, CraigConfig(variant="per_batch"), g, order)
     nb = math.ceil(250 / B)
     assert len(sel.batches) == math.ceil(k / B) == sel.diagnostics["batches"]
-    assert len(sel) <= k + B - 1
-    chunks = [set(order[i * B : (i + 1) * B].tolist()) for i in range(nb)]
+    assert len(sel) == math.ceil(k / B) * B  # every batch holds B rows
+    # the partition's batches; the last one (250 % 16 = 10 rows) is completed with the first
+    # 6 rows of the order
+    chunks = [order[i * B : (i + 1) * B].tolist() for i in range(nb - 1)]
+    chunks.append(order[(nb - 1) * B :].tolist() + order[: B - 250 % B].tolist())
+    assert sel.diagnostics["completed_rows"] == B - 250 % B == 6 and sel.diagnostics["batch_rows"] == B
     batch_weights = []
     for plan in sel.batches:
-        members = set(sel.indices[plan].tolist())
-        assert members in chunks  # one whole mini-batch of the partition
+        assert plan.numel() == B
+        assert sel.indices[plan].tolist() in chunks  # one whole mini-batch of the partition
         w = sel.weights[plan]
         assert bool((w == w[0]).all())
         batch_weights.append(float(w[0]))
     assert sum(batch_weights) == nb  # cluster sizes in batches
-    assert sel.indices.unique().numel() == len(sel)
-    sel.validate(250, "craig")
+    sel.validate(250, "craig", batch_size=B)
     # FL over the batch means, mapped back through the partition
-    means, _ = batch_means(x, None, order, B)
-    ref = facility_location_embeddings(means, math.ceil(k / B))
-    assert [set(sel.indices[p].tolist()) for p in sel.batches] == [chunks[int(b)] for b in ref.ranking]
+    rows = batch_rows(order, B)
+    assert rows.tolist() == chunks
+    ref = facility_location_embeddings(batch_means(x, None, rows), math.ceil(k / B))
+    assert [sel.indices[p].tolist() for p in sel.batches] == [chunks[int(b)] for b in ref.ranking]
+
+
+def test_the_short_last_batch_can_be_chosen_and_still_holds_b_rows():
+    """With one far-away example in the short last batch, facility location must pick that
+    batch first; it trains B rows like every other batch (CORDS would train 250 % B rows)."""
+    x, y, g = _random_problem(6, n=250)
+    B = 16
+    order = random_partition(250, g)
+    x[order[-1]] = 50.0  # the last batch's mean moves far from every other batch's
+    sel = craig_selection(_emb(x, y), 3 * B, B, CraigConfig(variant="per_batch"), g, order)
+    last = order[(250 // B) * B :]
+    firsts = [set(sel.indices[p].tolist()) for p in sel.batches]
+    assert any(set(last.tolist()) <= f for f in firsts)
+    assert all(p.numel() == B for p in sel.batches)
+    sel.validate(250, "craig", batch_size=B)
+
+
+def test_validate_rejects_a_plan_batch_of_the_wrong_size():
+    from subsetlab.protocol import Selection
+
+    sel = Selection(torch.arange(10), torch.ones(10), [torch.arange(8), torch.arange(8, 10)])
+    sel.validate(10, "x")  # no batch size: not checked
+    with pytest.raises(SelectionError, match=r"a batch of 2 rows \(batch 1 of 2\); every planned batch must hold exactly 8"):
+        sel.validate(10, "x", batch_size=8)
+    Selection(torch.arange(16), torch.ones(16), [torch.arange(8), torch.arange(8, 16)]).validate(16, "x", batch_size=8)
 
 
 def test_per_batch_partition_is_kept_checkpointed_and_redrawn_on_request():
@@ -253,6 +282,34 @@ def test_schedule_with_warm_start_and_select_every():
     assert result.work["backprop_examples"] <= 6 * math.ceil(k / problem.batch_size) * problem.batch_size
     assert result.work["forward_examples"] == 2 * problem.n_train
     assert result.timings["strategy"]["embedding"] > 0 and result.timings["strategy"]["selection"] > 0
+
+
+def test_reselection_interval_follows_the_run_length_by_default():
+    cfg = CraigConfig()
+    assert cfg.select_every is None and cfg.select_every_fraction is None
+    assert [cfg.interval(e) for e in (1, 5, 14, 15, 20, 30, 200, 300)] == [1, 1, 1, 2, 2, 3, 20, 30]
+    assert CraigConfig(variant="per_batch").interval(20) == 2  # measured: R = 1 did no better
+    assert CraigConfig(select_every=4).interval(200) == 4  # absolute R overrides the fraction
+    assert CraigConfig(select_every_fraction=0.05).interval(20) == 1
+    assert CraigConfig(warm_start=10).interval(30) == 2  # 10% of the 20 selecting epochs
+    assert CraigConfig.model_validate_json(CraigConfig(select_every=3).model_dump_json()).interval(100) == 3
+    props = CraigConfig.model_json_schema()["properties"]
+    assert "select_every" in props and "select_every_fraction" in props
+    with pytest.raises(ConfigError, match="select_every_fraction"):
+        registry.make_config({"name": "craig", "select_every_fraction": 0.0})
+
+
+def test_relative_schedule_reselects_through_the_run_not_only_at_step_0():
+    problem = TinyProblem()
+    result = Trainer(tiny_trainer_config(problem, epochs=16)).fit(
+        CraigStrategy(variant="per_batch"), tiny_model(0), tiny_problem(0), 0
+    )
+    assert result.ok, result.error
+    assert [s["epoch"] for s in result.selections["log"]] == list(range(0, 16, 2))  # R = 2
+    B = min(problem.batch_size, Budget.make(problem.n_train, problem.fraction, problem.batch_size, 16).subset_size)
+    assert all(s["diagnostics"]["batch_rows"] == B for s in result.selections["log"])
+    # full batches: exactly steps * B examples back-propagated
+    assert result.work["backprop_examples"] == result.work["steps"] * B
 
 
 # ------------------------------------------------------------------------ conformance of variants

@@ -50,13 +50,22 @@ def _single(spec: dict, **kw) -> dict:
 
 # ---------------------------------------------------------------------- no processes needed
 def test_trainer_refuses_a_strategy_without_distributed_support():
-    from strategies.craig import CraigStrategy
+    from strategies.random import RandomConfig, RandomStrategy
+    from subsetlab.protocol import Capabilities
+
+    class SingleConfig(RandomConfig):
+        name: str = "single-only"
+
+    class SingleOnly(RandomStrategy):
+        name, Config = "single-only", SingleConfig
+        capabilities = Capabilities(supports_distributed=False, distributed_note="Needs the whole set in one process.")
 
     fake = DistView(rank=0, world_size=2)
     data, model = tiny_problem(), tiny_model()
-    with pytest.raises(SelectionError, match=r"'craig' does not support distributed training \(world size 2\)"):
-        Trainer(dist=fake).fit(CraigStrategy(), model, data)
-    assert CraigStrategy.capabilities.distributed_note  # the refusal gives the reason
+    with pytest.raises(
+        SelectionError, match=r"'single-only' does not support distributed training \(world size 2\)\. Needs the whole"
+    ):
+        Trainer(dist=fake).fit(SingleOnly(), model, data)
 
 
 def test_trainer_refuses_a_batch_the_ranks_cannot_share():
@@ -192,6 +201,55 @@ def test_two_process_crest_with_every_option_stays_in_step(strategy):
     assert [s["step"] for s in a["selections"]["log"]] == [s["step"] for s in b["selections"]["log"]]
 
 
+GREEDI_CONFIGS = [
+    {"name": "craig"},
+    {"name": "craig", "variant": "per_batch", "embedding": "bias_weight", "optimizer": "stochastic"},
+    {"name": "gradmatch"},
+    {"name": "gradmatch", "variant": "per_batch", "target": "val"},
+    {"name": "gradmatch", "variant": "per_class", "embedding": "bias", "target": "val"},
+    {"name": "glister"},
+    {"name": "glister", "embedding": "bias_weight", "per_class": False, "virtual_step": "mean"},
+]
+
+
+def test_greedi_selections_are_the_same_on_both_ranks_with_full_batches_and_shared_work():
+    """CRAIG, GradMatch and Glister under 2 gloo ranks: each rank embeds its own shard, and both
+    end with the same replicated selection, of the budget's size, with plan batches of B rows."""
+    two = distributed.spawn(jobs.greedi_select_job, 2, (GREEDI_CONFIGS,), timeout_s=TIMEOUT)
+    n_train, n_val, k, B = 600, 60, 120, 32
+    for config, a, b in zip(GREEDI_CONFIGS, *two):
+        name = config["name"]
+        assert torch.equal(a["indices"], b["indices"]) and torch.equal(a["weights"], b["weights"]), config
+        assert not a["rank_local"] and a["diagnostics"]["greedi"]["world_size"] == 2
+        if config.get("variant") == "per_batch":
+            assert a["batches"].shape == (k // B + (k % B > 0), B) and torch.equal(a["batches"], b["batches"])
+            assert len(a["indices"]) == a["batches"].numel()
+        else:
+            assert a["batches"] is None
+            assert len(a["indices"]) == k and a["indices"].unique().numel() == k
+        # the selection work is split: each rank embeds about half the training set (per batch:
+        # the rows of its half of the mini-batches), plus half the validation set when used
+        uses_val = name == "glister" or config.get("target") == "val"
+        for r in (a, b):
+            assert r["forward"] <= n_train // 2 + B + (n_val // 2 if uses_val else 0), (config, r["forward"])
+        assert a["forward"] + b["forward"] >= n_train + (n_val if uses_val else 0)
+        # the shared generator is consumed identically on both ranks (later shared draws agree)
+        assert torch.equal(a["generator"], b["generator"])
+        if name == "craig" and config.get("variant") != "per_batch":
+            assert float(a["weights"].sum()) == n_train  # exact cluster sizes over the whole set
+
+
+def test_two_process_runs_of_the_epochwise_baselines_stay_in_step():
+    for strategy in ({"name": "craig", "variant": "per_batch"}, {"name": "gradmatch"}, {"name": "glister"}):
+        two = distributed.spawn(jobs.fit_job, 2, (_spec(strategy, epochs=4),), timeout_s=TIMEOUT)
+        a, b = (r["result"] for r in two)
+        assert a["status"] == b["status"] == "ok", (a.get("error"), b.get("error"))
+        assert a["work"]["steps"] == b["work"]["steps"]
+        assert a["selections"]["count"] == b["selections"]["count"] == 4  # R = 1 for 4 epochs
+        assert torch.equal(two[0]["params"], two[1]["params"])
+        assert a["metrics"] == b["metrics"] and a["metrics"]["final_acc"] > 0.6, a["metrics"]
+
+
 def test_two_process_run_resumes_from_per_rank_checkpoints(tmp_path):
     spec = _spec({"name": "crest"}, epochs=4, checkpoint_every=1)
     whole = distributed.spawn(jobs.fit_job, 2, (spec,), timeout_s=TIMEOUT)
@@ -216,13 +274,14 @@ def test_cli_nproc_runs_a_suite_on_two_ranks(tmp_path):
          "--progress", "lines", "--no-plots"],
         capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp_path,
     )
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # craig's run fails (refused), random's is ok
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(records) == 2  # rank 0 wrote each run once
     by = {r["spec"]["strategy"]["name"]: r for r in records}
     assert by["random"]["status"] == "ok" and by["random"]["result"]["world_size"] == 2
-    assert by["craig"]["status"] == "failed"
-    assert "does not support distributed training" in by["craig"]["error"]["message"]
+    # craig selects by GreeDi across the two ranks
+    assert by["craig"]["status"] == "ok" and by["craig"]["result"]["world_size"] == 2
+    assert by["craig"]["result"]["selections"]["log"][0]["diagnostics"]["greedi"]["world_size"] == 2
     assert by["random"]["env"]["world_size"] == 2
     # progress and the report come from rank 0 only
     assert proc.stdout.count("[1/2]") == 1 and proc.stdout.count("wrote ") == 1
@@ -233,7 +292,7 @@ def test_cli_nproc_runs_a_suite_on_two_ranks(tmp_path):
          "--progress", "lines", "--no-plots"],
         capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=tmp_path,
     )
-    assert again.returncode == 1, again.stdout + again.stderr  # craig's record is still failed
+    assert again.returncode == 0, again.stdout + again.stderr
     assert len(results.read_text().splitlines()) == 2
 
 

@@ -16,6 +16,7 @@ from strategies.glister import (
     step_logits,
     taylor_gains,
     validation_gradient,
+    virtual_step_size,
 )
 from subsetlab.embeddings import Embeddings
 from subsetlab.errors import DataError
@@ -152,6 +153,42 @@ def test_naive_greedy_equals_a_brute_force_autograd_greedy(weight: bool):
     assert res.ranking.tolist() == picked
 
 
+@pytest.mark.parametrize("weight", [False, True], ids=["bias", "bias_weight"])
+def test_running_mean_greedy_equals_a_brute_force_greedy_on_the_mean_loss_look_ahead(weight: bool):
+    """virtual_step="running_mean": each pick maximises grad L_i(theta) . grad L_V(theta_S),
+    theta_S = theta after one real step of eta on the *mean* loss of the picks so far; the
+    final logits are that step on the chosen set (autograd for everything)."""
+    model, x, y, xv, yv, gtr, zv = _linear_problem(7, n=14)
+    eta, k = 0.9, 5
+    params = [model.weight, model.bias] if weight else [model.bias]
+    cand_grads = [torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum"), params)
+                  for i in range(x.shape[0])]
+    picked: list[int] = []
+    for _ in range(k):
+        # a step of eta on the mean loss = a step of eta / |S| on the summed loss
+        cur = _stepped(model, x[picked], y[picked], eta / len(picked), weight) if picked else model
+        vparams = [cur.weight, cur.bias] if weight else [cur.bias]
+        gv = torch.autograd.grad(_val_loss(cur, xv, yv), vparams)
+        gains = torch.tensor([sum(float((a * b).sum()) for a, b in zip(cg, gv)) for cg in cand_grads])
+        gains[picked] = float("-inf")
+        picked.append(int(torch.argmax(gains)))
+    res = glister_greedy(
+        gtr, zv, yv, k, eta, h=x if weight else None, h_val=xv if weight else None, optimizer="naive", running=True
+    )
+    assert res.ranking.tolist() == picked
+    real = _stepped(model, x[res.ranking], y[res.ranking], eta / k, weight)
+    with torch.no_grad():
+        assert torch.allclose(res.z_val, real(xv), atol=1e-11, rtol=0)
+
+
+def test_virtual_step_sizes_per_pick():
+    assert virtual_step_size("sum", 0.1, 50, 16) == 0.1
+    assert virtual_step_size("running_mean", 0.1, 50, 16) == 0.1
+    assert virtual_step_size("mean", 0.1, 50, 16) == pytest.approx(0.1 / 50)
+    assert virtual_step_size("epoch", 0.1, 50, 16) == pytest.approx(0.1 / 16)
+    assert virtual_step_size("epoch", 0.1, 50) == pytest.approx(0.1 / 50)
+
+
 def test_r_round_with_one_pick_per_round_is_the_naive_greedy_and_one_round_is_top_k():
     _, x, _, xv, yv, gtr, zv = _linear_problem(4, n=30)
     naive = glister_greedy(gtr, zv, yv, 8, 0.3, h=x, h_val=xv, optimizer="naive")
@@ -220,6 +257,10 @@ def test_strategy_steps_at_the_current_learning_rate_and_counts_forwards():
     m.setup(ctx)
     sel = m.select(TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.0123, model, 0))
     assert sel.diagnostics["eta"] == pytest.approx(0.0123 / budget.subset_size)
+    e = GlisterStrategy(virtual_step="epoch")
+    e.setup(ctx)
+    sel = e.select(TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.0123, model, 0))
+    assert sel.diagnostics["eta"] == pytest.approx(0.0123 / 16)  # lr / B
 
 
 # ------------------------------------------------------------------------ conformance of variants

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from strategies._common import (
     batch_means,
+    batch_rows,
     class_gradient_slice,
     class_members,
     random_partition,
@@ -171,10 +172,13 @@ def test_validation_target_needs_a_validation_split():
         Trainer(tiny_trainer_config()).fit(s, tiny_model(0), data, 0)
 
 
-def test_per_batch_plan_and_default_select_every():
-    assert GradMatchConfig(variant="per_batch").select_every == 1
-    assert GradMatchConfig(variant="per_batch", select_every=4).select_every == 4
-    assert GradMatchConfig().select_every == 20
+def test_per_batch_plan_of_full_batches_and_default_select_every():
+    assert GradMatchConfig(variant="per_batch").select_every is None
+    # per batch: about 20 selections per run (every epoch of 20, CORDS' R = 1), else about 10
+    assert GradMatchConfig(variant="per_batch").interval(20) == 1
+    assert GradMatchConfig(variant="per_batch").interval(200) == 10
+    assert GradMatchConfig().interval(20) == 2
+    assert GradMatchConfig(variant="per_batch", select_every=4).interval(20) == 4
     cfg = GradMatchConfig(variant="per_batch")
     assert type(cfg).model_validate_json(cfg.model_dump_json()) == cfg
     g = torch.Generator().manual_seed(4)
@@ -184,15 +188,30 @@ def test_per_batch_plan_and_default_select_every():
     B, k = 16, 50
     sel = gradmatch_selection(_emb(x, y, h), k, B, cfg, g, order=order)
     m = math.ceil(k / B)
-    assert len(sel.batches) == m and len(sel) <= k + B - 1
-    chunks = [set(order[i * B : (i + 1) * B].tolist()) for i in range(math.ceil(250 / B))]
+    assert len(sel.batches) == m and len(sel) == m * B
+    rows = batch_rows(order, B)
+    chunks = rows.tolist()
     for plan in sel.batches:
-        assert set(sel.indices[plan].tolist()) in chunks
+        assert sel.indices[plan].tolist() in chunks
         assert bool((sel.weights[plan] == sel.weights[plan][0]).all())
-    means, _ = batch_means(x, h, order, B, "bias_weight")
+    sel.validate(250, "gradmatch", batch_size=B)
+    means = batch_means(x, h, rows, "bias_weight")
     idx, w = nn_omp(means, means.sum(0), m, lam=0.5, eps=1e-100)
     firsts = [float(sel.weights[p][0]) for p in sel.batches[: idx.numel()]]
     assert firsts == pytest.approx(w.tolist(), rel=1e-5)
+
+
+def test_batch_means_of_full_batches_equal_the_means_of_their_rows():
+    g = torch.Generator().manual_seed(1)
+    x, _ = _softmax_grads(21, 3, g)
+    h = torch.rand(21, 2, generator=g, dtype=torch.float64)
+    rows = batch_rows(torch.randperm(21, generator=g), 8)
+    assert rows.shape == (3, 8) and rows[2, 5:].tolist() == rows[0, :3].tolist()
+    got = batch_means(x, h, rows, "bias_weight")
+    for b in range(3):
+        r = rows[b]
+        ref = torch.cat([x[r].mean(0), (x[r].unsqueeze(2) * h[r].unsqueeze(1)).flatten(1).mean(0)])
+        assert torch.allclose(got[b], ref)
 
 
 def test_config_rejects_slice_without_weight_gradient():

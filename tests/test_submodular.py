@@ -496,3 +496,45 @@ def test_pruned_stochastic_is_deterministic(force_pruning):
     a = facility_location(sim, 30, "stochastic", generator=gen(5))
     b = facility_location(sim, 30, "stochastic", generator=gen(5))
     assert torch.equal(a.ranking, b.ranking) and a.weights.sum() == 120
+
+
+# ------------------------------------------------------------------------ ground weights (GreeDi merge)
+
+
+@pytest.mark.parametrize("optimizer", ["naive", "lazy"])
+def test_ground_weights_equal_repeating_each_ground_element(optimizer: str):
+    """F(S) = sum_i w_i max_j sim[i, j] with integer w is facility location on a ground set
+    where element i appears w_i times (the candidates unchanged)."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(25, 3, generator=g, dtype=torch.float64)
+    w = torch.randint(1, 5, (25,), generator=g)
+    sim = similarity(x)
+    weighted = facility_location(sim, 6, optimizer, ground_weights=w.double())
+    # the repeated ground set: rows of sim repeated, candidates are still the 25 originals;
+    # brute-force greedy on it (gains of every remaining candidate each step)
+    rep = sim.repeat_interleave(w, dim=0)  # [sum w, 25]
+    cur = torch.zeros(rep.shape[0], dtype=torch.float64)
+    picked: list[int] = []
+    for _ in range(6):
+        gains = (rep - cur[:, None]).clamp(min=0).sum(0)
+        gains[picked] = float("-inf")
+        j = int(torch.argmax(gains))
+        picked.append(j)
+        cur = torch.maximum(cur, rep[:, j])
+    assert weighted.ranking.tolist() == picked
+    assert weighted.objective == pytest.approx(float(cur.sum()), rel=1e-12)
+    nearest = torch.argmax(sim[:, weighted.ranking], dim=1)
+    nearest[weighted.ranking] = torch.arange(6)
+    assert weighted.weights.tolist() == torch.bincount(nearest, weights=w.double(), minlength=6).tolist()
+    assert float(weighted.weights.sum()) == float(w.sum())
+    ones = facility_location(sim, 6, optimizer, ground_weights=torch.ones(25, dtype=torch.float64))
+    plain = facility_location(sim, 6, optimizer)
+    assert ones.ranking.tolist() == plain.ranking.tolist() and ones.weights.tolist() == plain.weights.tolist()
+
+
+def test_ground_weights_are_checked():
+    sim = similarity(torch.randn(5, 2, dtype=torch.float64))
+    with pytest.raises(DataError, match=r"ground_weights must have shape \[n\] = \[5\]"):
+        facility_location(sim, 2, ground_weights=torch.ones(4))
+    with pytest.raises(DataError, match="ground_weights must be > 0"):
+        facility_location(sim, 2, ground_weights=torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0]))
