@@ -27,6 +27,7 @@ from subsetlab.protocol import EpochwiseStrategy, Selection, SelectionContext, T
 __all__ = [
     "GREEDI_NOTE",
     "DEFAULT_SELECT_EVERY_FRACTION",
+    "FREQUENT_SELECT_EVERY_FRACTION",
     "BaselineConfig",
     "BaselineStrategy",
     "GreediRound",
@@ -66,6 +67,10 @@ GREEDI_NOTE = (
 #: about 10 selections per run (the CREST paper's baselines: R = 20 of 200 epochs).
 DEFAULT_SELECT_EVERY_FRACTION = 0.1
 
+#: ``select_every_fraction`` of the methods measured better with about 20 selections per run
+#: (Glister, per-batch GradMatch): R = 1 for 20 epochs, 10 for 200.
+FREQUENT_SELECT_EVERY_FRACTION = 0.05
+
 
 
 class BaselineConfig(EpochwiseConfig):
@@ -92,10 +97,10 @@ class BaselineConfig(EpochwiseConfig):
         le=1.0,
         description="When select_every is None: R = max(1, round(select_every_fraction * "
         "(epochs - warm_start))) pseudo-epochs, i.e. about 1/select_every_fraction selections "
-        "per run (1.0: a single selection). None (default): 0.1, about 10 selections per run, "
-        "as in the CREST paper's baseline runs (R = 20 of 200 epochs); 0.05 (about 20) for "
-        "GradMatch's per-batch variant, where it measured better. Ignored when select_every is "
-        "given.",
+        "per run (1.0: a single selection). None (default): the method's own, 0.1 (about 10 "
+        "selections per run, as in the CREST paper's baseline runs: R = 20 of 200 epochs) for "
+        "CRAIG and per-class GradMatch, 0.05 (about 20) for Glister and per-batch GradMatch, "
+        "where it measured better. Ignored when select_every is given.",
     )
     warm_start: int = Field(
         0,

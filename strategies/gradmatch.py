@@ -44,6 +44,7 @@ from pydantic import Field, model_validator
 
 from strategies._common import (
     DEFAULT_SELECT_EVERY_FRACTION,
+    FREQUENT_SELECT_EVERY_FRACTION,
     GREEDI_NOTE,
     BaselineConfig,
     BaselineStrategy,
@@ -74,9 +75,6 @@ from subsetlab.submodular import nn_omp
 
 __all__ = ["GradMatchConfig", "GradMatchStrategy", "gradmatch_selection"]
 
-#: ``select_every_fraction`` used by ``variant="per_batch"`` when none is given: about 20
-#: selections per run (R = 1 for 20 epochs, CORDS' every epoch; R = 10 for 200).
-PER_BATCH_SELECT_EVERY_FRACTION = 0.05
 
 
 class GradMatchConfig(BaselineConfig):
@@ -127,7 +125,7 @@ class GradMatchConfig(BaselineConfig):
         Measured on the Fashion-MNIST LeNet protocol (seeds 0, 1): per batch, R = 1 reached
         88.98 / 89.11% against 88.21 / 88.70% with R = 2 (docs/methods/gradmatch.md).
         """
-        return PER_BATCH_SELECT_EVERY_FRACTION if self.variant == "per_batch" else DEFAULT_SELECT_EVERY_FRACTION
+        return FREQUENT_SELECT_EVERY_FRACTION if self.variant == "per_batch" else DEFAULT_SELECT_EVERY_FRACTION
 
     @model_validator(mode="after")
     def _check_embedding(self) -> GradMatchConfig:
@@ -283,9 +281,10 @@ _GRADMATCH_NOTE = (
 class GradMatchStrategy(BaselineStrategy):
     """GradMatch: non-negative OMP matching the (per-class or per-batch) gradient sum.
 
-    Re-selects every R pseudo-epochs (``select_every``, or by default a tenth of the run;
-    after an optional full-data ``warm_start``). Under torchrun the selection is GreeDi's
-    (:func:`subsetlab.greedi.greedi_nn_omp`). See :mod:`strategies.gradmatch`.
+    Re-selects every R pseudo-epochs (``select_every``, or by default a tenth of the run, a
+    twentieth per batch; after an optional full-data ``warm_start``). Under torchrun the
+    selection is GreeDi's (:func:`subsetlab.greedi.greedi_nn_omp`). See
+    :mod:`strategies.gradmatch`.
     """
 
     name = "gradmatch"

@@ -65,7 +65,7 @@ class EpochwiseConfig(StrategyConfig):
     ``select_every`` is an absolute interval R in pseudo-epochs, 1 by default: Random draws a
     fresh subset every pseudo-epoch. CRAIG, GradMatch and Glister (their shared
     ``strategies._common.BaselineConfig``) make R relative to the run's length by default
-    (``select_every=None`` with ``select_every_fraction``, about 10 selections per run) and
+    (``select_every=None`` with ``select_every_fraction``, about 10 to 20 selections per run) and
     keep ``select_every`` as the absolute option.
     """
 

@@ -263,6 +263,13 @@ def test_strategy_steps_at_the_current_learning_rate_and_counts_forwards():
     assert sel.diagnostics["eta"] == pytest.approx(0.0123 / 16)  # lr / B
 
 
+def test_default_interval_is_about_twenty_selections_per_run():
+    assert GlisterConfig().select_every is None
+    assert [GlisterConfig().interval(e) for e in (10, 20, 30, 200)] == [1, 1, 2, 10]
+    assert GlisterConfig(select_every_fraction=0.1).interval(20) == 2
+    assert GlisterConfig(select_every=4).interval(20) == 4
+
+
 # ------------------------------------------------------------------------ conformance of variants
 
 
