@@ -702,7 +702,12 @@ class Trainer:
             )
         # A selection may hold at most the whole training set per pseudo-epoch's worth of rows,
         # counting repeats (CREST's overlapping mini-batch coresets may exceed N slightly).
-        sel = sel.validate(n, strategy.name, max_size=max(n, budget.total_steps * budget.batch_size))
+        # a plan's batches hold exactly the rows of one step (this rank's share when rank-local),
+        # so every method back-propagates the same number of examples
+        rows = min(budget.batch_size, budget.subset_size)
+        if self.dist.world_size > 1 and sel.rank_local:
+            rows //= self.dist.world_size
+        sel = sel.validate(n, strategy.name, max_size=max(n, budget.total_steps * budget.batch_size), batch_size=rows)
         if self.config.normalize_weights:
             sel.weights = sel.weights * (len(sel) / sel.weights.sum())
         return sel
