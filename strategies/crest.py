@@ -273,7 +273,7 @@ class CrestConfig(StrategyConfig):
         if not isinstance(data, dict):
             return data
         preset = data.get("preset", "default")
-        if preset in PRESETS:
+        if isinstance(preset, str) and preset in PRESETS:  # anything else fails on the field
             data = {**PRESETS[preset], **data}
         return data
 

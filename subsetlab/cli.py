@@ -35,6 +35,12 @@ Parameters go in brackets: --strategy "crest[tau=0.05,b=3]". Any other setting c
 with --set SECTION.KEY=VALUE, SECTION one of trainer, data (every dataset), model (every model),
 e.g. --set trainer.lr=0.05 --set data.n_train=500 --set 'model.options={"hidden":[64]}'.
 
+Time-matched Random: --time-matched LABEL (repeatable, '*' for every strategy but Random and
+full data) adds, per budget and seed, a Random run whose fraction gives it that strategy's wall
+time without evaluation (--time-match wall, the default) or its forward+backward work
+(--time-match work); it runs once both runs it depends on are recorded, and the report shows it
+beside the strategy.
+
 Runs already recorded in the results file (same key: a hash of the run's spec, not of the
 device) are skipped, so rerunning an interrupted command resumes it. Failed runs are skipped
 too unless --retry-failed. At the end the report table is printed and report.md, report.csv
@@ -157,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N or mps (not part of run keys)")
     rp.add_argument("--set", action="append", type=_setting, default=[], metavar="SECTION.KEY=VALUE",
                     dest="settings", help="change any trainer/data/model setting; repeatable")
+    rp.add_argument("--time-matched", action="append", metavar="LABEL", dest="time_matched",
+                    help="add a time-matched Random run per budget and seed for the strategy with this label; "
+                    "repeatable; '*' = every strategy but Random and full data; replaces the suite's "
+                    "time_matched ('none' turns it off)")
+    rp.add_argument("--time-match", choices=("wall", "work"), default=None, dest="time_match",
+                    help="what a time-matched Random run gets as much of as its strategy: wall seconds without "
+                    "evaluation (the suite default) or forward+backward work")
+    rp.add_argument("--forward-cost", type=float, metavar="X", dest="forward_cost",
+                    help="cost of an extra forward example relative to a training backprop in --time-match work "
+                    "(default 1/3; an extra backward or HVP example costs 1 - X)")
     rp.add_argument("--no-full", action="store_true", help="do not add the full-data reference runs")
     rp.add_argument("--retry-failed", action="store_true", help="rerun runs whose latest record failed")
     rp.add_argument("--quiet", "-q", action="store_true",
@@ -245,7 +261,12 @@ def _load(args: argparse.Namespace) -> Any:
         from subsetlab.errors import ConfigError
 
         raise ConfigError("--set trainer.fraction: set the budget fractions with --budgets instead.")
-    if any([args.strategies, args.seeds, args.budgets, trainer, data, model, args.no_full]):
+    matched: bool | list[str] | None = None
+    if args.time_matched:
+        labels = [t.strip() for t in args.time_matched]
+        matched = True if "*" in labels else False if labels == ["none"] else labels
+    time_options = [matched is not None, args.time_match is not None, args.forward_cost is not None]
+    if any([args.strategies, args.seeds, args.budgets, trainer, data, model, args.no_full, *time_options]):
         suite = suite.with_overrides(
             strategies=args.strategies,
             seeds=args.seeds,
@@ -254,6 +275,9 @@ def _load(args: argparse.Namespace) -> Any:
             data=data or None,
             model=model or None,
             include_full=False if args.no_full else None,
+            time_matched=matched,
+            time_match=args.time_match,
+            forward_cost=args.forward_cost,
         )
     return suite
 
@@ -369,7 +393,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_suite_cmd(args: argparse.Namespace, dv: Any) -> int:
-    from subsetlab.bench.runner import run_suite, run_title
+    from subsetlab.bench.runner import match_title, run_suite, run_title
     from subsetlab.bench.store import latest_by_key, read_records
 
     main_rank = dv is None or dv.is_main
@@ -378,11 +402,20 @@ def _run_suite_cmd(args: argparse.Namespace, dv: Any) -> int:
     out = Path(args.out) if args.out else results.parent
     if args.dry_run:
         specs = suite.expand()
+        matches = suite.time_matches()
         latest = latest_by_key(read_records(results))
-        print(f"suite {suite.name}: {len(specs)} runs -> {results}")
+        print(f"suite {suite.name}: {len(specs) + len(matches)} runs -> {results}")
         for s in specs:
             status = (latest.get(s.key) or {}).get("status", "to run")
             print(f"  {s.key}  {status:<7} {run_title(s)}")
+        for m in matches:  # a recorded one shows its measured fraction
+            rec = latest.get(m.key) or {}
+            title = match_title(m)
+            if rec.get("spec"):
+                from subsetlab.config import RunSpec
+
+                title = f"{run_title(RunSpec.model_validate(rec['spec']))} (matched to f={m.budget:g}, {m.mode})"
+            print(f"  {m.key}  {rec.get('status', 'to run'):<7} {title}")
         return EXIT_OK
     progress = args.progress or ("lines" if args.quiet else "auto")
     if not main_rank:

@@ -4,10 +4,15 @@
 
 - ``accuracy_vs_epoch.png``: test accuracy against pseudo-epoch per strategy, mean over seeds
   with the std shaded; one panel per dataset / model / budget (the full-data run in each);
-- ``accuracy_vs_time.png``: the same curves against wall-clock seconds (mean over seeds);
+- ``accuracy_vs_time.png``: the same curves against wall-clock seconds (mean over seeds), with
+  each time-matched Random run (suite option ``time_matched``) dotted, in the colour of the
+  strategy it is matched to;
 - ``relative_error_vs_budget.png``: relative error against the budget (mean ± std), only when
   a dataset / model has more than one budget;
 - ``time_breakdown.png``: stacked bars of train / select / eval / other seconds per strategy;
+
+Time-matched Random runs appear only in ``accuracy_vs_time.png`` (the other plots show the
+suite's strategies; the report table puts the matched runs beside their strategies).
 - the selection-analytics plots of :mod:`subsetlab.bench.analytics`, when runs carry analytics.
 
 No pyplot and no global matplotlib state: figures are drawn on their own Agg canvases.
@@ -137,10 +142,11 @@ def _curve_plot(path: Path, views: list[RunView], x: str, colors: dict[str, Any]
                 xs = [r[0] if x == "epoch" else r[1] for r in c]
                 m = [r[2] for r in c]
                 s = [r[3] for r in c]
-                style = "--" if vs[0].is_full else "-"
-                ax.plot(xs, m, style, color=colors[label], label=f"{label} (n={len(vs)})", lw=1.6)
+                style = "--" if vs[0].is_full else ":" if vs[0].is_matched else "-"
+                color = colors.get(str(vs[0].match.get("to")), "grey") if vs[0].is_matched else colors[label]
+                ax.plot(xs, m, style, color=color, label=f"{label} (n={len(vs)})", lw=1.6)
                 ax.fill_between(xs, [a - d for a, d in zip(m, s)], [a + d for a, d in zip(m, s)],
-                                color=colors[label], alpha=0.18, lw=0)
+                                color=color, alpha=0.18, lw=0)
                 drawn = True
             ax.set_title(_title(runs[0], b) if runs else "", fontsize=9)
             ax.set_xlabel("pseudo-epoch" if x == "epoch" else "wall-clock seconds")
@@ -253,11 +259,13 @@ def make_plots(source: str | os.PathLike | Iterable[dict[str, Any]], out_dir: st
         return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ok = [v for v in views if v.status == "ok"]
+    with_matched = [v for v in views if v.status == "ok"]
+    views = [v for v in views if not v.is_matched]
+    ok = [v for v in with_matched if not v.is_matched]
     colors = _colors(list(dict.fromkeys(v.label for v in views)))  # one colour per strategy everywhere
     written = [
         _curve_plot(out / PLOT_FILES[0], ok, "epoch", colors) if ok else None,
-        _curve_plot(out / PLOT_FILES[1], ok, "wall", colors) if ok else None,
+        _curve_plot(out / PLOT_FILES[1], with_matched, "wall", colors) if with_matched else None,
         _rel_err_plot(out / PLOT_FILES[2], views, colors),
         _time_plot(out / PLOT_FILES[3], ok) if ok else None,
     ]

@@ -7,13 +7,28 @@ hand. Per group of runs that differ only by seed, :func:`aggregate` reports:
 - ``rel_err``: relative error against full data, ``(acc_full - acc) / acc_full`` in %, computed
   per seed against the full-data run of the same dataset, model, trainer setting (all but the
   budget fraction) and seed, then averaged;
-- ``wall_s``: wall seconds of the run; ``speedup``: full-data wall / run wall, per seed;
+- ``wall_s``: wall seconds of the run; ``speedup``: full-data wall / run wall, per seed
+  (evaluation included);
+- ``speedup_noeval``: the same without evaluation time, ``(full total - full eval) / (run
+  total - run eval)`` per seed: evaluation costs the same at every budget, so it hides the
+  training speed-up;
 - ``select_s`` and ``select_share`` (% of wall): time in the strategy's hooks;
 - ``nontrain_share``: ``(total - train) / total`` in %, time outside training steps;
 - ``selections``: number of selections;
 - ``extra_forward`` and ``extra_backward_hvp``: the strategy's extra forward and backward+HVP
   examples, also as multiples of the run's backprop examples (``..._x``);
-- ``seeds`` (ok runs) and ``failed`` (runs whose latest record failed).
+- ``seeds`` (ok runs) and ``failed`` (runs whose latest record failed);
+- for a strategy with time-matched Random runs (suite option ``time_matched``; records with a
+  ``match`` field), per mode M (``wall`` or ``work``, the suite's ``time_match``):
+  ``M_matched_acc``, the matched Random's accuracy %; ``M_matched_diff``, the strategy's
+  accuracy minus its matched Random's, paired by seed (through ``match.to_key``), in points;
+  ``M_matched_fraction``, the matched Random's fraction f'; ``M_matched_ratio``, its achieved
+  cost / the strategy's cost; and the counts ``M_matched_seeds`` (ok matched runs) and
+  ``M_matched_capped`` (matched runs whose fraction was clamped to 1: they got less than
+  the strategy's cost).
+
+Time-matched runs are not rows of their own: their numbers sit in the row of the strategy
+they are matched to (in the Markdown table, the acc and Δ columns of each mode present).
 
 The std is the sample standard deviation (ddof = 1); with a single seed it is undefined and
 left out. When a key was recorded more than once (a failed run retried), its latest record
@@ -37,12 +52,16 @@ from typing import Any
 from subsetlab.bench.store import latest_by_key, read_records
 
 __all__ = [
+    "LEGEND",
+    "MATCH_MODES",
     "METRICS",
     "ReportRow",
     "RunView",
     "Stat",
     "aggregate",
+    "legend",
     "load_runs",
+    "md_metrics",
     "run_views",
     "to_csv",
     "to_markdown",
@@ -115,6 +134,9 @@ class RunView:
         history: Per-evaluation rows of the run (epoch, test_acc, wall...).
         analytics: The run's selection analytics (``RunResult.analytics``; empty for runs
             recorded without them).
+        match: The record's ``match`` field for a time-matched Random run (what it is matched
+            to, the mode, the target and achieved cost), else empty. Its ``budget`` is the
+            matched strategy's budget f, not the run's own fraction f'.
     """
 
     key: str
@@ -135,6 +157,12 @@ class RunView:
     selections: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     analytics: dict[str, Any] = field(default_factory=dict)
+    match: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_matched(self) -> bool:
+        """True for a time-matched Random run."""
+        return bool(self.match)
 
     @property
     def is_full(self) -> bool:
@@ -158,6 +186,9 @@ def _view(rec: dict[str, Any]) -> RunView:
     strat = spec.get("strategy") or {}
     name = str(strat.get("name", "?"))
     budget = 1.0 if name == FULL else float(trainer.get("fraction", float("nan")))
+    match = rec.get("match") if isinstance(rec.get("match"), dict) else {}
+    if match and _num(match.get("budget")) is not None:
+        budget = float(match["budget"])  # grouped with the strategy it is matched to
     setting = {k: v for k, v in trainer.items() if k not in _NOT_SETTING}
     res = rec.get("result") or {}
     t = res.get("timings") or {}
@@ -180,6 +211,7 @@ def _view(rec: dict[str, Any]) -> RunView:
         selections=_num(sel.get("count")),
         history=list(res.get("history") or []),
         analytics=dict(res.get("analytics") or {}),
+        match=dict(match),
     )
 
 
@@ -212,6 +244,7 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("rel_err", "rel. err. %", 2),
     ("wall_s", "wall s", 2),
     ("speedup", "speed-up", 2),
+    ("speedup_noeval", "speed-up w/o eval", 2),
     ("select_s", "select s", 2),
     ("select_share", "select % of wall", 1),
     ("nontrain_share", "non-train % of wall", 1),
@@ -222,7 +255,18 @@ METRICS: tuple[tuple[str, str, int], ...] = (
     ("extra_backward_hvp_x", "extra bwd+hvp (x bp)", 2),
     ("train_s", "train s", 2),
     ("eval_s", "eval s", 2),
+    ("wall_matched_acc", "time-matched random acc %", 2),
+    ("wall_matched_diff", "Δ vs time-matched", 2),
+    ("wall_matched_fraction", "time-matched f'", 3),
+    ("wall_matched_ratio", "time-matched cost ratio", 2),
+    ("work_matched_acc", "work-matched random acc %", 2),
+    ("work_matched_diff", "Δ vs work-matched", 2),
+    ("work_matched_fraction", "work-matched f'", 3),
+    ("work_matched_ratio", "work-matched cost ratio", 2),
 )
+
+#: Time-match modes, in the order their columns appear.
+MATCH_MODES = ("wall", "work")
 
 #: Columns of the Markdown table (the CSV has every metric).
 MD_METRICS = (
@@ -230,6 +274,7 @@ MD_METRICS = (
     "rel_err",
     "wall_s",
     "speedup",
+    "speedup_noeval",
     "select_s",
     "select_share",
     "nontrain_share",
@@ -253,6 +298,8 @@ class ReportRow:
         failed: Number of runs whose latest record failed.
         stats: Metric name (see :data:`METRICS`) to :class:`Stat`.
         reference: True for the full-data reference row.
+        matched_seeds: Per time-match mode, the ok time-matched Random runs of this row.
+        matched_capped: Per mode, how many of them had their fraction clamped to 1.
     """
 
     dataset: str
@@ -264,10 +311,18 @@ class ReportRow:
     failed: int
     stats: dict[str, Stat]
     reference: bool = False
+    matched_seeds: dict[str, int] = field(default_factory=dict)
+    matched_capped: dict[str, int] = field(default_factory=dict)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def _noeval(t: dict[str, float | None]) -> float | None:
+    """Wall seconds without evaluation: ``total - eval`` (a missing eval counts as 0)."""
+    total = t.get("total")
+    return None if total is None else total - (t.get("eval") or 0.0)
 
 
 def aggregate(records: Iterable[dict[str, Any]] | Sequence[RunView]) -> list[ReportRow]:
@@ -284,9 +339,15 @@ def aggregate(records: Iterable[dict[str, Any]] | Sequence[RunView]) -> list[Rep
     records = list(records)
     views = records if records and isinstance(records[0], RunView) else run_views(records)
     refs = {(v.panel, v.seed): v for v in views if v.is_full and v.status == "ok" and v.acc is not None}
+    matched: dict[tuple[str, str], list[RunView]] = {}  # (strategy run key, mode) -> matched runs
+    for v in views:
+        if v.is_matched and v.status == "ok":
+            matched.setdefault((str(v.match.get("to_key")), str(v.match.get("mode"))), []).append(v)
     order: dict[str, int] = {}
     groups: dict[tuple, list[RunView]] = {}
     for v in views:
+        if v.is_matched:
+            continue
         order.setdefault(v.label, len(order))
         groups.setdefault((v.panel, v.budget, v.label), []).append(v)
     rows = []
@@ -303,6 +364,7 @@ def aggregate(records: Iterable[dict[str, Any]] | Sequence[RunView]) -> list[Rep
             )
             cols["wall_s"].append(total)
             cols["speedup"].append(_ratio(ref.timings.get("total"), total) if ref is not None else None)
+            cols["speedup_noeval"].append(_ratio(_noeval(ref.timings), _noeval(t)) if ref is not None else None)
             cols["select_s"].append(t.get("select"))
             cols["select_share"].append(None if t.get("select") is None else _ratio(100.0 * t["select"], total))
             cols["nontrain_share"].append(
@@ -317,6 +379,20 @@ def aggregate(records: Iterable[dict[str, Any]] | Sequence[RunView]) -> list[Rep
             cols["extra_backward_hvp_x"].append(_ratio(bwd, w.get("backprop_examples")))
             cols["train_s"].append(t.get("train"))
             cols["eval_s"].append(t.get("eval"))
+        seeds_m: dict[str, int] = {}
+        capped: dict[str, int] = {}
+        for mode in MATCH_MODES:
+            mine = [(v, m) for v in ok for m in matched.get((v.key, mode), [])]
+            if not mine:
+                continue
+            seeds_m[mode] = len(mine)
+            capped[mode] = sum(1 for _, m in mine if m.match.get("clamped"))
+            cols[f"{mode}_matched_acc"] = [m.acc for _, m in mine]
+            cols[f"{mode}_matched_diff"] = [
+                v.acc - m.acc if v.acc is not None and m.acc is not None else None for v, m in mine
+            ]
+            cols[f"{mode}_matched_fraction"] = [_num(m.match.get("fraction")) for _, m in mine]
+            cols[f"{mode}_matched_ratio"] = [_num(m.match.get("achieved_ratio")) for _, m in mine]
         first = vs[0]
         rows.append(
             ReportRow(
@@ -329,6 +405,8 @@ def aggregate(records: Iterable[dict[str, Any]] | Sequence[RunView]) -> list[Rep
                 failed=sum(1 for v in vs if v.status != "ok"),
                 stats={name: Stat.of(vals) for name, vals in cols.items()},
                 reference=all(v.is_full for v in vs),
+                matched_seeds=seeds_m,
+                matched_capped=capped,
             )
         )
     rows.sort(key=lambda r: (r.dataset, r.model, r.setting, not r.reference, r.budget, order[r.strategy]))
@@ -339,8 +417,35 @@ def _budget(b: float) -> str:
     return f"{b:g}"
 
 
-def to_markdown(rows: Sequence[ReportRow], metrics: Sequence[str] = MD_METRICS) -> str:
-    """The rows as a Markdown table (mean ± std over seeds)."""
+def md_metrics(rows: Sequence[ReportRow]) -> tuple[str, ...]:
+    """The Markdown table's metric columns for ``rows``: :data:`MD_METRICS`, with the
+    time-matched Random's acc and Δ columns after ``rel_err`` for each mode present."""
+    extra = [
+        f"{mode}_matched_{m}" for mode in MATCH_MODES if any(r.matched_seeds.get(mode) for r in rows)
+        for m in ("acc", "diff")
+    ]
+    i = MD_METRICS.index("rel_err") + 1
+    return (*MD_METRICS[:i], *extra, *MD_METRICS[i:])
+
+
+def _cell(r: ReportRow, metric: str, digits: int) -> str:
+    text = r.stats[metric].fmt(digits)
+    mode, _, rest = metric.partition("_matched_")
+    if rest == "acc" and r.matched_capped.get(mode):
+        text += " (capped)"
+    return text
+
+
+def to_markdown(rows: Sequence[ReportRow], metrics: Sequence[str] | None = None) -> str:
+    """The rows as a Markdown table (mean ± std over seeds).
+
+    Args:
+        rows: Rows from :func:`aggregate`.
+        metrics: Metric columns (names of :data:`METRICS`); default :func:`md_metrics`.
+            A time-matched acc cell ends in ``(capped)`` when a matched run's fraction was
+            clamped to 1.
+    """
+    metrics = md_metrics(rows) if metrics is None else metrics
     titles = {m: (title, digits) for m, title, digits in METRICS}
     show_setting = any(r.setting for r in rows)
     head = ["dataset", "model"] + (["setting"] if show_setting else []) + ["budget", "strategy"]
@@ -348,37 +453,58 @@ def to_markdown(rows: Sequence[ReportRow], metrics: Sequence[str] = MD_METRICS) 
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [r.dataset, r.model] + ([r.setting] if show_setting else []) + [_budget(r.budget), r.strategy]
-        cells += [r.stats[m].fmt(titles[m][1]) for m in metrics]
+        cells += [_cell(r, m, titles[m][1]) for m in metrics]
         cells += [str(r.seeds), str(r.failed)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: Sequence[ReportRow]) -> str:
-    """The rows as CSV: one ``<metric>_mean`` and ``<metric>_std`` column per metric."""
+    """The rows as CSV: one ``<metric>_mean`` and ``<metric>_std`` column per metric, then
+    ``<mode>_matched_seeds`` and ``<mode>_matched_capped`` counts per time-match mode."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     names = [m for m, _, _ in METRICS]
     w.writerow(
         ["dataset", "model", "setting", "budget", "strategy", "seeds", "failed"]
         + [f"{m}_{s}" for m in names for s in ("mean", "std")]
+        + [f"{mode}_matched_{c}" for mode in MATCH_MODES for c in ("seeds", "capped")]
     )
     for r in rows:
         vals: list[Any] = [r.dataset, r.model, r.setting, r.budget, r.strategy, r.seeds, r.failed]
         for m in names:
             st = r.stats[m]
             vals += ["" if st.mean is None else repr(st.mean), "" if st.std is None else repr(st.std)]
+        for mode in MATCH_MODES:
+            vals += [r.matched_seeds.get(mode, 0), r.matched_capped.get(mode, 0)]
         w.writerow(vals)
     return buf.getvalue()
 
 
 LEGEND = """\
 Mean ± sample std over seeds. acc: final test accuracy. rel. err.: (acc_full - acc) / acc_full per
-seed against the full-data run of the same seed. speed-up: full-data wall time / run wall time.
-select: time in the strategy's hooks. non-train: time outside training steps. extra fwd,
-extra bwd+hvp: the strategy's extra forward and backward/HVP examples as multiples of the run's
-training backprops. failed: runs whose latest record failed.
+seed against the full-data run of the same seed. speed-up: full-data wall time / run wall time,
+evaluation included; speed-up w/o eval: the same with each run's evaluation time taken out
+((full total - full eval) / (run total - run eval)), the training speed-up. select: time in the
+strategy's hooks. non-train: time outside training steps. extra fwd, extra bwd+hvp: the
+strategy's extra forward and backward/HVP examples as multiples of the run's training backprops.
+failed: runs whose latest record failed.
 """
+
+MATCH_LEGEND = """\
+time-matched random acc: accuracy of a Random run (the suite's `random` baseline) whose budget f'
+= f x (strategy's wall time w/o eval and set-up) / (Random's at f) gives it the strategy's wall
+time without evaluation and set-up; work-matched: the same with forward+backward work (training
+backprop = 1, extra forward = forward_cost, default 1/3, extra backward or HVP = 1 -
+forward_cost) instead of seconds. Δ: strategy acc - matched Random acc, paired by seed, in
+points (positive: the strategy wins at equal cost). (capped): for some seed f' would exceed 1,
+so the matched Random ran on the full data and still cost less than the strategy.
+"""
+
+
+def legend(rows: Sequence[ReportRow]) -> str:
+    """The legend written under the Markdown table (the time-matched part only when used)."""
+    return LEGEND + (MATCH_LEGEND if any(r.matched_seeds for r in rows) else "")
 
 
 def write_report(
@@ -390,7 +516,7 @@ def write_report(
     """Aggregate and write ``report.md`` / ``report.csv`` into ``out_dir``.
 
     When runs carry selection analytics, ``analytics.md`` / ``analytics.csv`` are written too
-    (:func:`subsetlab.bench.analytics.write_analytics`).
+    (:func:`subsetlab.bench.analytics.write_analytics`; time-matched Random runs left out).
 
     Args:
         source: A results file path, or records.
@@ -413,7 +539,7 @@ def write_report(
     for fmt in formats:
         if fmt == "md":
             p = out / "report.md"
-            p.write_text(f"# {title or 'Results'}\n\n{to_markdown(rows)}\n{LEGEND}", encoding="utf-8")
+            p.write_text(f"# {title or 'Results'}\n\n{to_markdown(rows)}\n{legend(rows)}", encoding="utf-8")
         elif fmt == "csv":
             p = out / "report.csv"
             p.write_text(to_csv(rows), encoding="utf-8")
@@ -422,5 +548,6 @@ def write_report(
         written[fmt] = p
     from subsetlab.bench.analytics import write_analytics
 
-    written.update(write_analytics(records, out, formats, title=f"Selection analytics ({title})" if title else None))
+    plain = [r for r in records if not r.get("match")]  # time-matched runs are in the report table only
+    written.update(write_analytics(plain, out, formats, title=f"Selection analytics ({title})" if title else None))
     return written

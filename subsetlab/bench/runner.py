@@ -9,6 +9,10 @@ failing run: an exception anywhere (data loading, model building, a strategy bug
 :class:`~subsetlab.trainer.RunResult` (divergence, invalid selection, timeout) both come back as
 a record with ``status="failed"`` and the error, and the suite goes on.
 
+With the suite option ``time_matched``, a suite also has time-matched Random runs
+(:class:`~subsetlab.bench.suite.TimeMatch`), whose fraction comes from the records of two
+other runs; :func:`run_suite` runs them in a second round on the same executor (see there).
+
 Executors are small and pluggable: :class:`SequentialExecutor` runs in this process (with a
 per-run progress bar), :class:`LocalProcessExecutor` fans out over ``spawn`` worker processes,
 and :class:`~subsetlab.bench.dask_executor.DaskExecutor` (optional extra
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
+import json
 import math
 import os
 import platform
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from subsetlab.bench.store import ResultsStore
+from subsetlab.bench.suite import TimeMatch
 from subsetlab.config import RunSpec
 from subsetlab.errors import ConfigError
 
@@ -56,13 +62,14 @@ __all__ = [
     "failure_record",
     "make_executor",
     "make_reporter",
+    "match_title",
     "run_suite",
     "run_title",
     "task_payload",
     "warm_up",
 ]
 
-_RECORD_ORDER = ("key", "suite", "spec", "status", "error", "result", "env", "started", "finished")
+_RECORD_ORDER = ("key", "suite", "spec", "match", "status", "error", "result", "env", "started", "finished")
 
 StepCallback = Callable[[int, int, dict[str, Any]], None]
 
@@ -278,6 +285,11 @@ def _summary(record: dict[str, Any]) -> str:
         wall = (res.get("timings") or {}).get("total")
         acc_s = f"acc {100 * acc:6.2f}%" if isinstance(acc, (int, float)) and math.isfinite(acc) else "acc   n/a"
         wall_s = f"wall {wall:7.1f}s" if isinstance(wall, (int, float)) else ""
+        match = record.get("match") or {}
+        ratio = match.get("achieved_ratio")
+        if isinstance(ratio, (int, float)):
+            capped = ", capped at f=1" if match.get("clamped") else ""
+            wall_s += f"  cost x{ratio:.2f} of {match.get('to')}'s ({match.get('mode')}{capped})"
         return f"{acc_s}  {wall_s}"
     err = record.get("error") or {}
     msg = str(err.get("message", "")).strip().splitlines()
@@ -679,6 +691,63 @@ def _merge_rank_outcomes(record: dict[str, Any], dist: Any) -> tuple[dict[str, A
     return {**record, "status": "failed", "error": error}, broken
 
 
+def _unavailable_record(match: TimeMatch, info: dict[str, Any], suite: str) -> dict[str, Any]:
+    """The ``failed`` record of a time-matched run that cannot be made (``info["reason"]``)."""
+    now = _now()
+    return {
+        "key": match.key,
+        "suite": suite,
+        "spec": match.placeholder().model_dump(mode="json"),
+        "match": {k: v for k, v in info.items() if k != "reason"},
+        "status": "failed",
+        "error": {"type": "MatchUnavailable", "message": info["reason"], "traceback": None, "step": None},
+        "result": None,
+        "env": {},
+        "started": now,
+        "finished": now,
+    }
+
+
+def match_title(match: TimeMatch) -> str:
+    """Short name of a time-matched run before its fraction is known:
+    ``random@crest digits/mlp f=? (matched to f=0.1, wall) seed=0``."""
+    spec = match.baseline
+    return (
+        f"{match.label} {spec.data.name}/{spec.model.name} f=? (matched to f={match.budget:g}, "
+        f"{match.mode}) seed={spec.seed}"
+    )
+
+
+_Task = tuple[RunSpec, "TimeMatch | None", "dict[str, Any] | None"]
+
+
+def _broadcast_tasks(
+    dist: Any, tasks: list[_Task], by_key: dict[str, RunSpec], by_match: dict[str, TimeMatch]
+) -> list[_Task]:
+    """Rank 0's tasks of a round on every rank: base runs by key, time-matched runs with the
+    spec and match record rank 0 computed from its results file."""
+    from subsetlab.distributed import broadcast_object
+
+    wire = [
+        [spec.key, None, None] if m is None else [m.key, spec.model_dump_json(), json.dumps(info)]
+        for spec, m, info in tasks
+    ]
+    wire = broadcast_object(dist, wire)
+    out: list[_Task] = []
+    for key, spec_json, info_json in wire:
+        if spec_json is None:
+            if key not in by_key:
+                raise ConfigError(f"Rank {dist.rank} expanded a different suite than rank 0 (no run {key}).")
+            out.append((by_key[key], None, None))
+        else:
+            if key not in by_match:
+                raise ConfigError(
+                    f"Rank {dist.rank} expanded a different suite than rank 0 (no time-matched run {key})."
+                )
+            out.append((RunSpec.model_validate_json(spec_json), by_match[key], json.loads(info_json)))
+    return out
+
+
 def run_suite(
     suite: Any,
     results_path: str | os.PathLike,
@@ -717,6 +786,18 @@ def run_suite(
     Returns:
         A :class:`SuiteOutcome` (its ``ok`` is False when any run's latest record failed).
 
+    A suite with ``time_matched`` set runs in two rounds on the same executor. Round one:
+    every run of :meth:`~subsetlab.bench.suite.Suite.expand` without a record, plus the
+    time-matched runs whose two runs (the strategy's and the plain baseline's at the same
+    budget and seed) already have records. Round two: the other time-matched runs, their
+    fractions computed (:meth:`~subsetlab.bench.suite.TimeMatch.resolve`, on rank 0 in a
+    distributed suite) from the records round one wrote. A matched run whose strategy or
+    baseline run failed is not run: it gets a ``failed`` record (error type
+    ``MatchUnavailable``) giving the reason, and is made again with ``retry_failed`` once
+    the run it depends on succeeds. Matched runs are keyed by
+    :attr:`~subsetlab.bench.suite.TimeMatch.key` (what they are matched to), so a resumed
+    suite neither redoes nor loses them.
+
     A ``KeyboardInterrupt`` stops the suite; finished runs stay recorded and the next call
     resumes with the missing ones.
     """
@@ -729,54 +810,63 @@ def run_suite(
         )
     if hasattr(suite, "expand"):
         name, specs = suite.name, suite.expand()
+        matches: list[TimeMatch] = suite.time_matches() if hasattr(suite, "time_matches") else []
     else:
-        name, specs = "runs", list(suite)
+        name, specs, matches = "runs", list(suite), []
     store = ResultsStore(results_path)
     latest = store.latest() if main else {}
     skip_status = {"ok"} if retry_failed else {"ok", "failed"}
     todo = [s for s in specs if (latest.get(s.key) or {}).get("status") not in skip_status]
+    pending = [m for m in matches if (latest.get(m.key) or {}).get("status") not in skip_status]
+    by_key = {s.key: s for s in specs}
+    by_match = {m.key: m for m in matches}
     if world > 1:  # rank 0's results file decides: every rank runs the same runs in the same order
         from subsetlab.distributed import broadcast_object, open_side_channel
 
         open_side_channel()
 
-        keys = broadcast_object(dist, [s.key for s in todo])
-        by_key = {s.key: s for s in specs}
-        missing = [k for k in keys if k not in by_key]
+        keys, match_keys = broadcast_object(dist, [[s.key for s in todo], [m.key for m in pending]])
+        missing = [k for k in keys if k not in by_key] + [k for k in match_keys if k not in by_match]
         if missing:
             raise ConfigError(f"Rank {dist.rank} expanded a different suite than rank 0 (no run {missing[0]}).")
         todo = [by_key[k] for k in keys]
-    outcome = SuiteOutcome(name, store.path, [s.key for s in specs])
-    todo_keys = {s.key for s in todo}
-    outcome.skipped = [s.key for s in specs if s.key not in todo_keys]
+        pending = [by_match[k] for k in match_keys]
+    outcome = SuiteOutcome(name, store.path, [s.key for s in specs] + [m.key for m in matches])
+    todo_keys = {s.key for s in todo} | {m.key for m in pending}
+    outcome.skipped = [k for k in outcome.keys if k not in todo_keys]
     reporter = make_reporter(progress if main else "none")
     if threads is None:
         threads = getattr(suite, "threads", None)
     own_executor = executor is None
+    n_todo = len(todo) + len(pending)
     executor = executor or make_executor(workers, threads, cluster)
     try:
-        reporter.suite_started(name, len(specs), len(specs) - len(todo), len(todo), store.path)
-        if todo:
-            runs = executor.run(todo, reporter)
-            try:
-                for spec, record in runs:
-                    record = {**record, "key": spec.key, "suite": name, "spec": spec.model_dump(mode="json")}
-                    record = {k: record[k] for k in _RECORD_ORDER if k in record} | record
-                    broken = None
-                    if world > 1:
-                        record, broken = _merge_rank_outcomes(record, dist)
-                    if main:
-                        store.append(record)
-                    outcome.ran.append(spec.key)
-                    reporter.run_finished(spec, record)
-                    if broken:
-                        from subsetlab.distributed import DistributedError
-
-                        raise DistributedError(broken)
-            finally:
-                close = getattr(runs, "close", None)
-                if close is not None:
-                    close()  # run the executor's clean-up now, also after an interruption
+        reporter.suite_started(name, len(outcome.keys), len(outcome.keys) - n_todo, n_todo, store.path)
+        for first in (True, False):  # matched runs depend only on expanded runs: two rounds suffice
+            tasks: list[_Task] = [(s, None, None) for s in todo] if first else []
+            unavailable: list[tuple[TimeMatch, dict[str, Any]]] = []
+            if main and pending:
+                if not first:
+                    latest = store.latest()
+                busy = {s.key for s in todo} if first else set()
+                for m in list(pending):
+                    if m.strategy.key in busy or m.baseline.key in busy:
+                        continue
+                    pending.remove(m)
+                    spec, info = m.resolve(latest.get(m.strategy.key), latest.get(m.baseline.key))
+                    if spec is None:
+                        unavailable.append((m, info))
+                    else:
+                        tasks.append((spec, m, info))
+            if world > 1:
+                tasks = _broadcast_tasks(dist, tasks, by_key, by_match)
+            for m, info in unavailable:  # rank 0 only: nothing is run, so no rank waits for it
+                record = _unavailable_record(m, info, name)
+                store.append(record)
+                outcome.ran.append(m.key)
+                reporter.run_finished(m.placeholder(), record)
+            if tasks:
+                _run_round(tasks, executor, reporter, store, outcome, name, dist, main, world)
         latest = store.latest() if main else {}
         outcome.statuses = {k: latest[k]["status"] for k in outcome.keys if k in latest}
         if world > 1:  # every rank returns rank 0's outcome
@@ -790,3 +880,47 @@ def run_suite(
         if own_executor:
             executor.close()
     return outcome
+
+
+def _run_round(
+    tasks: list[_Task],
+    executor: Executor,
+    reporter: Reporter,
+    store: ResultsStore,
+    outcome: SuiteOutcome,
+    name: str,
+    dist: Any,
+    main: bool,
+    world: int,
+) -> None:
+    """Execute one round of runs and append their records (rank 0 / the parent only)."""
+    waiting: dict[tuple[str, str | None], deque[tuple[TimeMatch, dict[str, Any]]]] = {}
+    for spec, m, info in tasks:
+        if m is not None and info is not None:
+            # equal specs (two matched runs clamped to f' = 1) are interchangeable runs
+            waiting.setdefault((spec.key, spec.label), deque()).append((m, info))
+    runs = executor.run([spec for spec, _, _ in tasks], reporter)
+    try:
+        for spec, record in runs:
+            queue = waiting.get((spec.key, spec.label))
+            match, info = queue.popleft() if queue else (None, None)
+            key = spec.key if match is None else match.key
+            record = {**record, "key": key, "suite": name, "spec": spec.model_dump(mode="json")}
+            if match is not None and info is not None:
+                record["match"] = match.finish(info, record)
+            record = {k: record[k] for k in _RECORD_ORDER if k in record} | record
+            broken = None
+            if world > 1:
+                record, broken = _merge_rank_outcomes(record, dist)
+            if main:
+                store.append(record)
+            outcome.ran.append(key)
+            reporter.run_finished(spec, record)
+            if broken:
+                from subsetlab.distributed import DistributedError
+
+                raise DistributedError(broken)
+    finally:
+        close = getattr(runs, "close", None)
+        if close is not None:
+            close()  # run the executor's clean-up now, also after an interruption

@@ -31,15 +31,36 @@ Example suite file::
 Every run is identified by :attr:`RunSpec.key <subsetlab.config.RunSpec.key>`, a hash of its
 spec that ignores the device and the display label, so the same comparison on another machine
 resumes from and appends to the same results.
+
+**Time-matched Random.** ``time_matched = ["crest", ...]`` (or ``true``: every strategy but
+Random and the full-data reference) adds, per matched strategy X, dataset, model, budget f and
+seed, one Random run whose budget gives it X's cost (:class:`TimeMatch`, listed by
+:meth:`Suite.time_matches`). Its fraction is known only once X's run and the plain Random run
+at f have finished::
+
+    f' = min(1, f * cost(X) / cost(Random at f))
+
+with ``time_match = "wall"`` (default) cost = wall seconds without evaluation and set-up
+(``timings.total - timings.eval - timings.setup``: evaluation takes the same time at every
+budget, and the first run of a process pays about 2 s of one-off set-up, so both are left out
+of the match), and with ``time_match = "work"`` cost = the forward+backward work in
+backprop-example units: ``backprop + forward_cost * forward + (1 - forward_cost) * (backward +
+hvp)`` (a training example costs a forward and a backward pass, 1 unit; ``forward_cost``,
+default 1/3, is the forward's share, so an extra backward or HVP example costs 2/3). A matched
+run is identified by what it is matched to (:attr:`TimeMatch.key`), not by its measured
+fraction, so a suite resumes without redoing or losing it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -61,19 +82,28 @@ from subsetlab.errors import ConfigError, RegistryError
 
 __all__ = [
     "ALL_STRATEGIES",
+    "BASELINE",
+    "FORWARD_COST",
     "FULL",
     "StrategyEntry",
     "Suite",
+    "TimeMatch",
     "default_suite_text",
     "load_default_suite",
     "load_suite",
     "parse_list",
+    "run_cost",
 ]
 
 #: The strategy-list value meaning "every registered strategy".
 ALL_STRATEGIES = "*"
 #: Name of the full-data reference strategy.
 FULL = "full"
+#: Strategy name (and default label) of the baseline that time-matched runs use.
+BASELINE = "random"
+#: Default cost of one extra forward example in ``time_match = "work"``, in training-backprop
+#: units (a training example = one forward + one backward pass = 1).
+FORWARD_COST = 1.0 / 3.0
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
@@ -128,6 +158,165 @@ class StrategyEntry(FrozenConfig):
         return f"{self.config.name}[{inner}]"
 
 
+def run_cost(result: Mapping[str, Any] | None, mode: str, forward_cost: float = FORWARD_COST) -> float | None:
+    """The cost a time-matched run is matched on, from a record's ``result``.
+
+    Args:
+        result: A run record's ``result`` (``RunResult.to_dict()``), or None.
+        mode: ``"wall"``: ``timings.total - timings.eval - timings.setup``, wall seconds
+            without evaluation and set-up;
+            ``"work"``: ``backprop + forward_cost * forward + (1 - forward_cost) * (backward +
+            hvp)`` examples of ``result.work``, in training-backprop units.
+        forward_cost: Cost of an extra forward example (``"work"`` only).
+
+    Returns:
+        The cost, or None when the result lacks the numbers it needs.
+    """
+
+    def num(x: Any) -> float | None:
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        return float(x) if ok else None
+
+    if not isinstance(result, Mapping):
+        return None
+    if mode == "wall":
+        t = result.get("timings") or {}
+        total = num(t.get("total"))
+        return None if total is None else total - (num(t.get("eval")) or 0.0) - (num(t.get("setup")) or 0.0)
+    w = result.get("work") or {}
+    bp = num(w.get("backprop_examples"))
+    if bp is None:
+        return None
+    extra_back = (num(w.get("backward_examples")) or 0.0) + (num(w.get("hvp_examples")) or 0.0)
+    return bp + forward_cost * (num(w.get("forward_examples")) or 0.0) + (1.0 - forward_cost) * extra_back
+
+
+_UNITS = {"wall": "seconds without evaluation and set-up", "work": "backprop-example units"}
+
+
+@dataclass(frozen=True)
+class TimeMatch:
+    """A time-matched Random run: the baseline at the budget that gives it a strategy's cost.
+
+    It depends on two runs of the suite: the strategy's (``strategy``) and the baseline's at
+    the same budget f and seed (``baseline``). Once both have records,
+    :meth:`resolve` gives the run: the baseline's spec with fraction
+    ``f' = min(1, f * cost(strategy) / cost(baseline))`` (see :func:`run_cost`) and the label
+    :attr:`label`.
+
+    Attributes:
+        strategy: The matched strategy's run at budget f.
+        baseline: The Random baseline's run at the same budget, data, model and seed.
+        mode: ``"wall"`` or ``"work"`` (see :func:`run_cost`).
+        forward_cost: Cost of an extra forward example under ``"work"``.
+    """
+
+    strategy: RunSpec
+    baseline: RunSpec
+    mode: Literal["wall", "work"] = "wall"
+    forward_cost: float = FORWARD_COST
+
+    @property
+    def key(self) -> str:
+        """The run's key in the results: a hash of what it is matched to (the two runs' keys,
+        the mode and, under ``"work"``, the forward cost), not of its measured fraction."""
+        ident: dict[str, Any] = {
+            "time_match": self.mode,
+            "strategy": self.strategy.key,
+            "baseline": self.baseline.key,
+        }
+        if self.mode == "work":
+            ident["forward_cost"] = self.forward_cost
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """``baseline@strategy``, e.g. ``random@crest``."""
+        return f"{self.baseline.display_name}@{self.strategy.display_name}"
+
+    @property
+    def budget(self) -> float:
+        """The budget fraction f of the two runs it is matched between."""
+        return self.baseline.trainer.fraction
+
+    def placeholder(self) -> RunSpec:
+        """The baseline's spec at f with this run's label (what a record shows before the
+        fraction is known, e.g. when the run cannot be made)."""
+        return self._spec(self.budget)
+
+    def _spec(self, fraction: float) -> RunSpec:
+        d = self.baseline.model_dump(mode="json")
+        d["trainer"] = {**d["trainer"], "fraction": fraction}
+        d["label"] = self.label
+        return RunSpec.model_validate(d)
+
+    def info(self) -> dict[str, Any]:
+        """The ``match`` field of the run's record, before the run: what it is matched to."""
+        out: dict[str, Any] = {
+            "to": self.strategy.display_name,
+            "to_key": self.strategy.key,
+            "baseline": self.baseline.display_name,
+            "baseline_key": self.baseline.key,
+            "mode": self.mode,
+            "unit": _UNITS[self.mode],
+            "budget": self.budget,
+        }
+        if self.mode == "work":
+            out["forward_cost"] = self.forward_cost
+        return out
+
+    def resolve(
+        self, strategy_record: Mapping[str, Any] | None, baseline_record: Mapping[str, Any] | None
+    ) -> tuple[RunSpec | None, dict[str, Any]]:
+        """The run to make, from the latest records of the two runs it depends on.
+
+        Returns:
+            ``(spec, match)``: the baseline's spec at the matched fraction, and the record's
+            ``match`` field (:meth:`info` plus ``target``, the strategy's cost;
+            ``baseline_cost``; ``unclamped_fraction`` = f * target / baseline_cost;
+            ``fraction``, clamped to at most 1; ``clamped``). When the run cannot be made
+            (a record missing or failed, a cost missing or not positive), ``spec`` is None and
+            ``match["reason"]`` says why.
+        """
+        info = self.info()
+        parts = (("strategy", strategy_record, self.strategy), ("baseline", baseline_record, self.baseline))
+        costs = {}
+        for what, rec, spec in parts:
+            name = f"{spec.display_name!r} (run {spec.key}, f={spec.trainer.fraction:g}, seed {spec.seed})"
+            if rec is None:
+                return None, {**info, "reason": f"the run of {name} has no record"}
+            if rec.get("status") != "ok":
+                err = rec.get("error") or {}
+                first = (str(err.get("message") or "").strip().splitlines() or [""])[0][:200]
+                why = f"{err.get('type', 'failed')}: {first}" if first else str(err.get("type", "failed"))
+                return None, {**info, "reason": f"the run of {name} failed ({why}); no matched run is made"}
+            cost = run_cost(rec.get("result"), self.mode, self.forward_cost)
+            if cost is None or cost <= 0.0:
+                return None, {
+                    **info,
+                    "reason": f"the run of {name} has no positive cost to match ({_UNITS[self.mode]}: {cost})",
+                }
+            costs[what] = cost
+        unclamped = self.budget * costs["strategy"] / costs["baseline"]
+        fraction = min(1.0, unclamped)
+        info.update(
+            target=costs["strategy"],
+            baseline_cost=costs["baseline"],
+            unclamped_fraction=unclamped,
+            fraction=fraction,
+            clamped=unclamped > 1.0,
+        )
+        return self._spec(fraction), info
+
+    def finish(self, match: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+        """``match`` completed with the finished run's ``cost`` and ``achieved_ratio`` (its cost
+        / the target; None when the run failed)."""
+        cost = run_cost(record.get("result"), self.mode, self.forward_cost) if record.get("status") == "ok" else None
+        target = match.get("target")
+        ratio = cost / target if cost is not None and target else None
+        return {**match, "cost": cost, "achieved_ratio": ratio}
+
+
 Budget = Annotated[float, Field(gt=0.0, le=1.0)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
@@ -152,6 +341,18 @@ class Suite(FrozenConfig):
             not part of any run key; ``subsetlab run --threads`` overrides it). Small models
             gain nothing from intra-op threads and lose a lot when the cores are shared, so
             suites of small models may pin it to 1. Default: ``max(1, cores // workers)``.
+        time_matched: Strategies (by label) that each get a time-matched Random run per
+            dataset, model, budget and seed; ``True`` matches every strategy except Random
+            and full-data ones; ``False`` (default) none. The TOML value is ``true``, ``false``
+            or a list of labels (``"*"`` in the list means ``true``). The Random baseline is
+            the entry labelled ``random`` (else one with Random's default config), added to
+            the suite's runs when missing.
+        time_match: What the matched Random run gets as much of as the strategy: ``"wall"``
+            (default), wall seconds without evaluation; ``"work"``, forward+backward work
+            (see the module docstring).
+        forward_cost: Cost of one extra forward example relative to one training backprop
+            example under ``time_match = "work"`` (an extra backward or HVP example costs
+            ``1 - forward_cost``); default 1/3. Ignored under ``"wall"``.
     """
 
     name: str = Field(..., pattern=_NAME_RE, max_length=100)
@@ -165,6 +366,9 @@ class Suite(FrozenConfig):
     all: bool = False
     include_full: bool = True
     threads: int | None = Field(None, ge=1, le=4096)
+    time_matched: bool | tuple[str, ...] = False
+    time_match: Literal["wall", "work"] = "wall"
+    forward_cost: float = Field(FORWARD_COST, gt=0.0, lt=1.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +390,22 @@ class Suite(FrozenConfig):
             d["strategies"] = [s for s in strategies if s != ALL_STRATEGIES]
             d["all"] = True
         return d
+
+    @field_validator("time_matched", mode="before")
+    @classmethod
+    def _time_matched(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, (list, tuple)) and all(isinstance(x, str) and x.strip() for x in v):
+            if ALL_STRATEGIES in v:
+                return True
+            if len(set(v)) != len(v):
+                raise ValueError(f"labels must be unique, got {list(v)}")
+            return bool(v) and tuple(v)
+        raise ValueError(
+            "must be true (every strategy but Random and full data), false, or a list of strategy "
+            'labels such as ["crest", "gradmatch"]'
+        )
 
     @field_validator("budgets", "seeds")
     @classmethod
@@ -271,6 +491,9 @@ class Suite(FrozenConfig):
         model: Mapping[str, Any] | None = None,
         include_full: bool | None = None,
         name: str | None = None,
+        time_matched: bool | Sequence[str] | None = None,
+        time_match: str | None = None,
+        forward_cost: float | None = None,
     ) -> Suite:
         """A new, re-validated suite with command-line overrides applied.
 
@@ -283,6 +506,9 @@ class Suite(FrozenConfig):
             model: Model fields to change in every model.
             include_full: Replaces ``include_full``.
             name: Replaces the suite name.
+            time_matched: Replaces ``time_matched`` (``True``, ``False`` or labels).
+            time_match: Replaces ``time_match`` (``"wall"`` or ``"work"``).
+            forward_cost: Replaces ``forward_cost``.
 
         Raises:
             ConfigError: an override is invalid (the message names it).
@@ -303,6 +529,9 @@ class Suite(FrozenConfig):
             d["include_full"] = include_full
         if name is not None:
             d["name"] = name
+        for key, value in (("time_matched", time_matched), ("time_match", time_match), ("forward_cost", forward_cost)):
+            if value is not None:
+                d[key] = list(value) if isinstance(value, (list, tuple)) else value
         return Suite.from_dict(d, source=f"suite {self.name!r} with command-line overrides")
 
     # ------------------------------------------------------------------ expansion
@@ -331,11 +560,130 @@ class Suite(FrozenConfig):
                 )
             seen[label] = e.config
             out.append(e)
+        if self.time_matched:
+            out = self._with_baseline(out)
         return out
 
+    def _with_baseline(self, entries: list[StrategyEntry]) -> list[StrategyEntry]:
+        """``entries`` with the Random baseline added if missing; checks ``time_matched``.
+
+        Raises:
+            ConfigError: a listed label is unknown, is the baseline, is a full-data strategy,
+                or a matched run's label would clash with a strategy's.
+        """
+        import difflib
+
+        baseline = self._baseline(entries)
+        if baseline is None:
+            baseline = StrategyEntry.model_validate(BASELINE)
+            entries = [*entries, baseline]
+        labels = [e.display_name for e in entries]
+        for e in self._matched_entries(entries):
+            clash = f"{baseline.display_name}@{e.display_name}"
+            if clash in labels:
+                raise ConfigError(
+                    f"time_matched: the time-matched Random run of {e.display_name!r} is labelled "
+                    f"{clash!r}, which a strategy of the suite already uses; rename that strategy's "
+                    "`label`."
+                )
+        if isinstance(self.time_matched, tuple):
+            by_label = {e.display_name: e for e in entries}
+            for label in self.time_matched:
+                entry = by_label.get(label)
+                if entry is None:
+                    close = difflib.get_close_matches(label, labels, n=1, cutoff=0.5)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise ConfigError(
+                        f"time_matched: no strategy of the suite is labelled {label!r}.{hint} The suite's "
+                        f"labels: {', '.join(labels)} (a table's `label`, else name[param=value])."
+                    )
+                if entry is baseline:
+                    raise ConfigError(
+                        f"time_matched: {label!r} is the Random baseline the matched runs are made "
+                        "of; it cannot be matched to itself. Remove it from time_matched."
+                    )
+                if self._full_budget(entry):
+                    raise ConfigError(
+                        f"time_matched: {label!r} always trains on the full data (its budget does not "
+                        "depend on the suite's budgets), so there is nothing to match at a budget. "
+                        "Remove it from time_matched."
+                    )
+        return entries
+
+    @staticmethod
+    def _full_budget(entry: StrategyEntry) -> bool:
+        from subsetlab import registry
+
+        return registry.get(entry.config.name).capabilities.budget == "full"
+
+    @staticmethod
+    def _baseline(entries: Sequence[StrategyEntry]) -> StrategyEntry | None:
+        """The entry labelled ``random``, else the one with Random's default config, else None.
+
+        Raises:
+            ConfigError: the entry labelled ``random`` is not a Random strategy.
+        """
+        from subsetlab import registry
+
+        for e in entries:
+            if e.display_name == BASELINE:
+                if e.config.name != BASELINE:
+                    raise ConfigError(
+                        f"time_matched: the strategy labelled {BASELINE!r} is a {e.config.name!r} "
+                        "strategy, but time-matched runs are Random runs and use the entry labelled "
+                        f"{BASELINE!r} as their baseline; give it another label."
+                    )
+                return e
+        default = registry.make_config(BASELINE)
+        return next((e for e in entries if e.config == default), None)
+
+    def _matched_entries(self, entries: Sequence[StrategyEntry]) -> list[StrategyEntry]:
+        if not self.time_matched:
+            return []
+        if isinstance(self.time_matched, tuple):
+            return [e for e in entries if e.display_name in self.time_matched]
+        return [e for e in entries if e.config.name not in (BASELINE, FULL) and not self._full_budget(e)]
+
     def strategy_entries(self) -> list[StrategyEntry]:
-        """The strategies this suite compares (the full reference not included unless listed)."""
+        """The strategies this suite compares (the full reference not included unless listed).
+
+        With ``time_matched`` set, the Random baseline is among them (added when not listed).
+        """
         return self._entries()
+
+    def time_matches(self) -> list[TimeMatch]:
+        """The time-matched Random runs of the suite, one per matched strategy, dataset, model,
+        budget and seed (empty unless ``time_matched`` is set).
+
+        Each is known by its :attr:`TimeMatch.key`; its fraction is computed from the records
+        of the two runs it depends on (:meth:`TimeMatch.resolve`).
+        """
+        if not self.time_matched:
+            return []
+        entries = self._entries()
+        baseline = self._baseline(entries)
+        assert baseline is not None  # _entries added it
+        by_key = {s.key: s for s in self.expand()}
+        base = self.trainer.model_dump()
+        out: list[TimeMatch] = []
+        for data in self.datasets:
+            for model in self.models:
+                for seed in self.seeds:
+                    for b in self.budgets:
+                        trainer = TrainerConfig.model_validate({**base, "fraction": b})
+
+                        def spec(entry: StrategyEntry) -> RunSpec:
+                            s = RunSpec(data=data, model=model, trainer=trainer, strategy=entry.config,
+                                        seed=seed, label=entry.display_name)
+                            return by_key.get(s.key, s)
+
+                        ref = spec(baseline)
+                        for e in self._matched_entries(entries):
+                            out.append(TimeMatch(
+                                strategy=spec(e), baseline=ref, mode=self.time_match,
+                                forward_cost=self.forward_cost,
+                            ))
+        return out
 
     def expand(self) -> list[RunSpec]:
         """All runs of the suite, each once, in a stable order.
@@ -501,6 +849,9 @@ _HINTS = {
     "budgets": "Budgets are fractions of the training set in (0, 1], e.g. budgets = [0.1, 0.3].",
     "seeds": "Seeds are distinct non-negative integers, e.g. seeds = [0, 1, 2].",
     "name": "Use letters, digits, '.', '_' and '-' (it names the results folder).",
+    "time_match": 'Use "wall" (wall seconds without evaluation) or "work" (forward+backward work).',
+    "forward_cost": "The cost of a forward example relative to a training backprop example, in (0, 1); "
+    "default 1/3.",
 }
 
 _SECTION_MODELS = {"datasets": DataConfig, "models": ModelConfig, "trainer": TrainerConfig}
