@@ -299,7 +299,7 @@ def test_stratified_quotas_never_exceed_a_class(counts, k):
 #: files this test does not own; reported): they back-propagate 48 examples instead of 15
 
 
-@pytest.mark.parametrize("name", STRATEGIES + ["craig[variant=per_batch]", "gradmatch[variant=per_batch]", "crest[batch_mode=shuffle]"])
+@pytest.mark.parametrize("name", STRATEGIES + ["craig[variant=per_batch]", "gradmatch[variant=per_batch]", "crest[preset=release,batch_mode=shuffle]"])
 def test_a_budget_smaller_than_one_batch_trains_min_b_k_per_step(name):
     """ceil(f*N) = 5 < B = 16: one step per pseudo-epoch on 5 examples, for every method."""
     data = splits([60, 60, 60, 60])
