@@ -145,9 +145,17 @@ def unregister(name: str) -> None:
 def load_plugins(force: bool = False) -> list[str]:
     """Load the ``subsetlab.strategies`` entry points once; return the names newly registered.
 
+    The entry point's name is the registered name: ``loss-sampling =
+    "pkg:LossSampling"`` registers ``LossSampling`` as ``loss-sampling``, and the class's
+    ``name`` (and its ``Config``'s ``name`` default) must be that same name. subsetlab's own
+    entry points load first, so a plugin can never shadow a built-in.
+
     Does nothing when autoloading is disabled by ``SUBSETLAB_DISABLE_PLUGIN_AUTOLOAD`` unless
-    ``force`` is True. A plugin that fails to import, or registers a taken name, becomes a
-    :class:`PluginLoadWarning` naming its distribution; ``import subsetlab`` never fails.
+    ``force`` is True. Each of these becomes a :class:`PluginLoadWarning` naming the entry
+    point and its distribution, and the plugin is not registered (``import subsetlab`` never
+    fails): a plugin that fails to import; an entry point that is not a strategy class; a class
+    whose ``name`` differs from its entry point's name; a name already registered by another
+    class (a built-in's included).
     """
     global _plugins_loaded, _loading_dist
     with _lock:
@@ -166,33 +174,60 @@ def load_plugins(force: bool = False) -> list[str]:
             dist = getattr(ep, "dist", None)
             dname = _dist_name(ep)
             dver = dist.version if dist is not None else ""
+            who = f"Strategy plugin {ep.name!r} ({ep.value}) from distribution {dname!r} {dver}".rstrip()
             _loading_dist = (dname, dver, ep.value)
+            added_here = set(_registry)
             try:
                 obj = ep.load()
-                if isinstance(obj, type):
-                    reg_name = getattr(obj, "name", ep.name)
-                    if reg_name not in _registry:
-                        register(obj, name=reg_name)
-                    entry = _registry.get(reg_name)
-                    if entry is not None and entry.cls is obj:
-                        _registry[reg_name] = StrategyInfo(reg_name, obj, dname, dver, ep.value)
+                problem = _entry_point_problem(ep.name, obj, added_here)
+                if problem is None:
+                    register(obj, name=ep.name)
+                    _registry[ep.name] = StrategyInfo(ep.name, obj, dname, dver, ep.value)
+                else:
+                    # a class the module registered itself under another name while it loaded
+                    # stays out too: the entry point's name is the registered name
+                    for n in set(_registry) - added_here:
+                        if _registry[n].cls is obj:
+                            del _registry[n]
+                    warnings.warn(f"{who} was not registered: {problem}", PluginLoadWarning, stacklevel=2)
             except DuplicateStrategyError as exc:
-                warnings.warn(
-                    f"Strategy plugin {ep.name!r} from distribution {dname!r} {dver} was not "
-                    f"registered: {exc}",
-                    PluginLoadWarning,
-                    stacklevel=2,
-                )
+                warnings.warn(f"{who} was not registered: {exc}", PluginLoadWarning, stacklevel=2)
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not break subsetlab
                 warnings.warn(
-                    f"Strategy plugin {ep.name!r} ({ep.value}) from distribution {dname!r} "
-                    f"{dver} failed to load: {type(exc).__name__}: {exc}",
+                    f"{who} failed to load: {type(exc).__name__}: {exc}",
                     PluginLoadWarning,
                     stacklevel=2,
                 )
             finally:
                 _loading_dist = None
         return sorted(set(_registry) - before)
+
+
+def _entry_point_problem(ep_name: str, obj: Any, before: set[str]) -> str | None:
+    """Why the class ``obj`` cannot be registered under its entry point's name, or None."""
+    from subsetlab.protocol import SelectionStrategy
+
+    if not isinstance(obj, type) or not issubclass(obj, SelectionStrategy):
+        return (
+            f"the entry point must name a subsetlab.SelectionStrategy subclass (module:Class). "
+            f"Got {obj!r:.80} instead."
+        )
+    cls_name = getattr(obj, "name", None)
+    if cls_name != ep_name:
+        return (
+            f"the entry point is named {ep_name!r} but {obj.__qualname__}.name is {cls_name!r}; "
+            f"the entry point's name is the name the strategy is registered under. Rename the "
+            f"entry point to {cls_name!r} (in [project.entry-points.\"{ENTRY_POINT_GROUP}\"]) "
+            f"or the strategy (its name and its Config's name) to {ep_name!r}."
+        )
+    old = _registry.get(ep_name)
+    if old is not None and old.cls is not obj and ep_name in before:
+        return (
+            f"a strategy named {ep_name!r} is already registered ({old.cls.__module__}."
+            f"{old.cls.__qualname__} from {old.distribution}). Rename the plugin's strategy and "
+            f"its entry point."
+        )
+    return None
 
 
 def _dist_name(ep: metadata.EntryPoint) -> str:
