@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -38,12 +38,34 @@ __all__ = [
 C = TypeVar("C", bound=BaseModel)
 
 
-class FrozenConfig(BaseModel):
+class _ConfigMeta(type(BaseModel)):  # pydantic's model metaclass
+    """Constructing a config (``RunSpec(...)``) raises :class:`~subsetlab.errors.ConfigError`.
+
+    Only the direct call is wrapped: ``model_validate`` and pydantic's validation of nested
+    configs do not go through it, so they keep pydantic's ``ValidationError`` (which
+    :func:`validate` and the suite loader turn into messages) and pydantic's own error
+    collection is left as it is.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(
+                format_validation_error(exc, cls.__name__, cls), exc.errors(include_url=False)
+            ) from None
+
+
+class FrozenConfig(BaseModel, metaclass=_ConfigMeta):
     """Base of every subsetlab config: immutable, unknown keys rejected, floats finite.
 
     NaN and infinities are rejected in every float field (``allow_inf_nan=False``): pydantic
     accepts them by default, and a bound such as ``gt=0`` lets ``inf`` through. A missing
     limit is spelled ``None`` where a field allows it, never ``inf``.
+
+    Constructing one with invalid values (``TrainerConfig(epochs=0)``, ``RunSpec(...)``) raises
+    :class:`~subsetlab.errors.ConfigError`, a ``ValueError``, like :func:`validate` does.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
@@ -81,12 +103,59 @@ def _fmt_loc(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) if loc else "(root)"
 
 
-def format_validation_error(exc: ValidationError, title: str | None = None) -> str:
-    """Render a pydantic ``ValidationError`` as sentences naming field, value, rule and fix."""
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model class inside a field annotation (``X``, ``X | None``, ``tuple[X, ...]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _holder(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The model class whose key is the last part of ``loc`` (None when it cannot be told)."""
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(part, int):  # an item of a tuple of models
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    return model
+
+
+def _unknown_key_hint(model: type[BaseModel] | None, loc: tuple) -> str:
+    """What to do about the unknown key at ``loc`` of ``model``: the accepted keys, and for a
+    strategy the ``subsetlab schema`` command that describes them."""
+    if model is None:
+        return "Check the documentation of the section it is in."
+    keys = ", ".join(model.model_fields)
+    where = f" in {_fmt_loc(loc[:-1])!r}" if len(loc) > 1 else ""
+    name = model.model_fields["name"].default if issubclass(model, StrategyConfig) else None
+    if isinstance(name, str) and name:
+        return f"Accepted{where}: {keys} (`subsetlab schema {name}` describes each)."
+    return f"Accepted{where}: {keys}."
+
+
+def format_validation_error(
+    exc: ValidationError, title: str | None = None, model: type[BaseModel] | None = None
+) -> str:
+    """Render a pydantic ``ValidationError`` as sentences naming field, value, rule and fix.
+
+    Args:
+        exc: The error.
+        title: What was validated, as the user knows it (``"RunSpec"``, ``"strategy 'crest'
+            (CrestConfig)"``); default: pydantic's title.
+        model: The model class that was validated; an unknown key's message then lists the keys
+            accepted where it was found (the trainer's for ``trainer.epoch``).
+    """
     title = title or exc.title
     lines = []
     for err in exc.errors(include_url=False):
-        loc = _fmt_loc(tuple(err.get("loc", ())))
+        raw_loc = tuple(err.get("loc", ()))
+        loc = _fmt_loc(raw_loc)
         value = err.get("input", None)
         kind = err.get("type", "")
         msg = err.get("msg", "")
@@ -96,7 +165,7 @@ def format_validation_error(exc: ValidationError, title: str | None = None) -> s
         if kind == "extra_forbidden":
             lines.append(
                 f"{title} got an unknown parameter {loc!r} (value {shown}). Remove it or "
-                f"check its spelling; `subsetlab schema` lists the accepted parameters."
+                f"check its spelling. {_unknown_key_hint(_holder(model, raw_loc), raw_loc)}"
             )
         elif kind == "missing":
             lines.append(f"The {loc!r} parameter of {title} is required. Add it.")
@@ -118,7 +187,9 @@ def validate(cls: type[C], data: Any, title: str | None = None) -> C:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, title or cls.__name__), exc.errors(include_url=False)) from None
+        raise ConfigError(
+            format_validation_error(exc, title or cls.__name__, cls), exc.errors(include_url=False)
+        ) from None
 
 
 class TrainerConfig(FrozenConfig):

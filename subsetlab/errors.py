@@ -107,7 +107,8 @@ def unknown_name_message(kind: str, name: object, known: list[str]) -> str:
 
     close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"Unknown {kind} {name!r}.{hint} Registered {kind}s: {', '.join(known) if known else '(none)'}."
+    kinds = kind[:-1] + "ies" if kind.endswith("y") and kind[-2:-1] not in "aeiou" else kind + "s"
+    return f"Unknown {kind} {name!r}.{hint} Registered {kinds}: {', '.join(known) if known else '(none)'}."
 
 
 def missing_dependency(module: str, extra: str) -> MissingDependencyError:

@@ -353,7 +353,8 @@ def make_config(spec: str | dict[str, Any] | StrategyConfig, **overrides: Any) -
             f"{name!r} instead; see `subsetlab list`."
         )
     cls = get(name)
-    return validate(cls.Config, data, cls.Config.__name__)
+    # named as the user wrote it (the class name for Python readers)
+    return validate(cls.Config, data, f"strategy {name!r} ({cls.Config.__name__})")
 
 
 def create(spec: str | dict[str, Any] | StrategyConfig, **overrides: Any) -> Any:

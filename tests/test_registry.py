@@ -63,7 +63,7 @@ def test_create_validates_kwargs_dicts_and_brackets(toy):
     assert registry.create("toy", k=5).config.k == 5
     assert registry.create({"name": "toy", "k": 7}).config.k == 7
     assert registry.create("toy[k=9]").config.k == 9
-    with pytest.raises(ConfigError, match=r"The 'k' parameter of _Cfg.*Got 'x'"):
+    with pytest.raises(ConfigError, match=r"The 'k' parameter of strategy 'toy' \(_Cfg\).*Got 'x'"):
         registry.create("toy", k="x")
     with pytest.raises(ConfigError, match="unknown parameter 'q'"):
         registry.create({"name": "toy", "q": 1})
