@@ -6,6 +6,19 @@ A third-party author gets the same checks the built-ins pass in one import::
 
     class TestMyStrategy(StrategyConformance):
         strategy = "my-strategy"
+
+To unit-test a strategy's hooks without a training loop, :func:`make_context` builds the
+context ``setup`` receives and :func:`make_state` the state ``select`` receives::
+
+    from subsetlab import registry
+    from subsetlab.protocol import Budget
+    from subsetlab.testing import make_context, make_state, tiny_model, tiny_problem
+
+    data, model = tiny_problem(0), tiny_model(0)
+    ctx = make_context(data, model, Budget.make(len(data.train), 0.25, 16, 3))
+    strategy = registry.create("my-strategy")
+    strategy.setup(ctx)
+    selection = strategy.select(make_state(ctx, step=0))
 """
 
 from __future__ import annotations
@@ -17,8 +30,10 @@ from subsetlab.testing.checks import (
     CheckReport,
     TinyProblem,
     check_strategy,
+    describe_problem,
     iter_checks,
     make_context,
+    make_state,
     tiny_model,
     tiny_problem,
     tiny_trainer_config,
@@ -30,8 +45,10 @@ __all__ = [
     "StrategyConformance",
     "TinyProblem",
     "check_strategy",
+    "describe_problem",
     "iter_checks",
     "make_context",
+    "make_state",
     "tiny_model",
     "tiny_problem",
     "tiny_trainer_config",
@@ -45,10 +62,14 @@ class StrategyConformance:
         strategy: Name, ``"name[k=v]"`` or config mapping of the strategy under test.
         known_failures: ``check name -> reason``; those checks are reported as expected
             failures (xfail) instead of being skipped silently.
+        problem: Sizes of the problem the checks train on. The default trains 4 steps per
+            pseudo-epoch x 3 pseudo-epochs = 12 steps; a strategy that re-selects less often
+            sets a longer one, e.g. ``problem = TinyProblem(epochs=10)`` (40 steps).
     """
 
     strategy: ClassVar[Any] = None
     known_failures: ClassVar[dict[str, str]] = {}
+    problem: ClassVar[TinyProblem] = TinyProblem()
 
     def _run_check(self, check: str) -> None:
         import pytest
@@ -57,7 +78,7 @@ class StrategyConformance:
             pytest.skip("set `strategy` on the StrategyConformance subclass")
         if check in self.known_failures:
             pytest.xfail(self.known_failures[check])
-        CHECKS[check](self.strategy)
+        CHECKS[check](self.strategy, problem=self.problem)
 
 
 def _make_test(check: str):

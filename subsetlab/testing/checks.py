@@ -12,10 +12,18 @@ or as a pytest base class (one test per check, readable ids)::
     class TestMyMethod(StrategyConformance):
         strategy = {"name": "my-method", "k": 3}
         known_failures = {"check_deterministic": "uses wall-clock time on purpose"}
+
+The checks train on :func:`tiny_problem` sized by a :class:`TinyProblem`: by default 240
+examples, a 25% budget and batches of 16, so 4 steps per pseudo-epoch x 3 pseudo-epochs = 12
+training steps. A strategy whose own trigger re-selects less often than that is never
+re-selected inside the checks; give them a longer problem, ``problem=TinyProblem(epochs=10)``
+(a keyword of every check and of :func:`check_strategy`, a class attribute of
+``StrategyConformance``).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Callable, Iterator
@@ -36,6 +44,7 @@ from subsetlab.protocol import (
     Selection,
     SelectionContext,
     SelectionStrategy,
+    TrainState,
     WorkMeters,
 )
 from subsetlab.seeding import torch_generator
@@ -49,6 +58,8 @@ __all__ = [
     "check_strategy",
     "CheckReport",
     "make_context",
+    "make_state",
+    "describe_problem",
 ]
 
 StrategySpec = str | dict | StrategyConfig
@@ -56,7 +67,13 @@ StrategySpec = str | dict | StrategyConfig
 
 @dataclass(frozen=True)
 class TinyProblem:
-    """Sizes of the tiny classification problem the checks run on."""
+    """Sizes of the tiny classification problem the checks run on.
+
+    The defaults train ``epochs`` x ``ceil(fraction * n_train / batch_size)`` = 3 x 4 = 12
+    steps. A strategy that needs more steps to show its behaviour (a re-selection trigger with
+    a minimum gap, a warm-up) passes a longer one to the checks, e.g.
+    ``TinyProblem(epochs=10)`` (40 steps); :func:`describe_problem` states the arithmetic.
+    """
 
     n_train: int = 240
     n_val: int = 60
@@ -105,14 +122,47 @@ def tiny_trainer_config(problem: TinyProblem = TinyProblem(), **overrides: Any) 
     return TrainerConfig(**base)
 
 
+def describe_problem(problem: TinyProblem = TinyProblem(), strategy: SelectionStrategy | None = None) -> str:
+    """The budget arithmetic of the checks' problem in one sentence (the checks add it to
+    their failure messages).
+
+    Args:
+        problem: The problem's sizes.
+        strategy: When given, its ``capabilities.budget`` mode is used (the full-data
+            reference trains on every example).
+    """
+    mode = strategy.capabilities.budget if strategy is not None else "fraction"
+    b = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, mode)
+    return (
+        f"The check problem: {problem.n_train} training examples, a {b.fraction:g} budget "
+        f"({b.subset_size} per selection) and batches of {problem.batch_size}, so "
+        f"{b.steps_per_epoch} steps per pseudo-epoch x {problem.epochs} pseudo-epochs = "
+        f"{b.total_steps} steps. A strategy that needs more steps to re-select passes a longer "
+        f"problem, problem=TinyProblem(epochs=...)."
+    )
+
+
+def _explained(check: Callable[..., None]) -> Callable[..., None]:
+    """Add :func:`describe_problem` to the ``AssertionError`` of a failing check."""
+
+    @functools.wraps(check)
+    def run(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
+        __tracebackhide__ = True
+        try:
+            check(spec, problem=problem)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{describe_problem(problem)}") from exc
+
+    return run
+
+
 def _config(spec: StrategySpec) -> StrategyConfig:
     return registry.make_config(spec)
 
 
-def _fit(spec: StrategySpec, seed: int = 0, **kw: Any):
+def _fit(spec: StrategySpec, seed: int = 0, problem: TinyProblem = TinyProblem(), **kw: Any):
     from subsetlab.trainer import Trainer
 
-    problem = TinyProblem()
     trainer = Trainer(tiny_trainer_config(problem), **kw.pop("trainer_kw", {}))
     strategy = registry.create(_config(spec))
     return trainer.fit(strategy, tiny_model(seed, problem), tiny_problem(seed, problem), seed, **kw), strategy
@@ -121,8 +171,11 @@ def _fit(spec: StrategySpec, seed: int = 0, **kw: Any):
 # ----------------------------------------------------------------------------- checks
 
 
-def check_config_json_roundtrip(spec: StrategySpec) -> None:
-    """The config survives JSON serialisation unchanged and validates through the registry."""
+def check_config_json_roundtrip(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
+    """The config survives JSON serialisation unchanged and validates through the registry.
+
+    (``problem`` is accepted like every check's, and unused.)
+    """
     cfg = _config(spec)
     again = type(cfg).model_validate_json(cfg.model_dump_json())
     assert again == cfg, f"config changed in a JSON round trip: {cfg!r} -> {again!r}"
@@ -130,7 +183,7 @@ def check_config_json_roundtrip(spec: StrategySpec) -> None:
     assert via_registry == cfg, "registry.make_config(dict) does not reproduce the config"
 
 
-def check_config_rejects_unknown_keys(spec: StrategySpec) -> None:
+def check_config_rejects_unknown_keys(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
     """An unknown key raises ConfigError naming it; the config is frozen."""
     cfg = _config(spec)
     bad = {**cfg.model_dump(), "definitely_not_a_parameter": 1}
@@ -173,27 +226,76 @@ def make_context(
     )
 
 
-def _first_selection(spec: StrategySpec, seed: int) -> Selection:
-    from subsetlab.protocol import TrainState
+def make_state(
+    ctx: SelectionContext,
+    step: int = 0,
+    *,
+    lr: float = 0.05,
+    selections: int = 0,
+    model: nn.Module | None = None,
+) -> TrainState:
+    """The :class:`~subsetlab.protocol.TrainState` the trainer would pass before ``step``.
 
-    problem = TinyProblem()
+    For unit tests of ``should_select`` and ``select`` without a training loop, next to
+    :func:`make_context`: the pseudo-epoch and the step counts come from ``ctx.budget``.
+
+    Args:
+        ctx: The context the strategy was set up with (:func:`make_context`).
+        step: The global step about to be taken (0: the first selection).
+        lr: The learning rate of that step.
+        selections: Selections made so far.
+        model: The model being trained (default ``ctx.model``).
+
+    Example:
+        >>> from subsetlab import registry
+        >>> from subsetlab.protocol import Budget
+        >>> from subsetlab.testing import make_context, make_state, tiny_model, tiny_problem
+        >>> data, model = tiny_problem(0), tiny_model(0)
+        >>> ctx = make_context(data, model, Budget.make(len(data.train), 0.25, 16, 3))
+        >>> strategy = registry.create("random")
+        >>> strategy.setup(ctx)
+        >>> len(strategy.select(make_state(ctx)))
+        60
+        >>> make_state(ctx, step=5).epoch
+        1
+    """
+    b = ctx.budget
+    if not 0 <= step < b.total_steps:
+        raise ValueError(f"step must lie in [0, {b.total_steps}) for this budget. Got {step} instead.")
+    return TrainState(
+        step=step,
+        epoch=step // b.steps_per_epoch,
+        steps_per_epoch=b.steps_per_epoch,
+        total_steps=b.total_steps,
+        lr=lr,
+        model=ctx.model if model is None else model,
+        selections=selections,
+    )
+
+
+def _setup(spec: StrategySpec, seed: int, problem: TinyProblem) -> SelectionStrategy:
+    """A strategy set up on the check problem the way the trainer sets it up."""
     data = tiny_problem(seed, problem)
     model = tiny_model(seed, problem)
     strategy = registry.create(_config(spec))
     budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities.budget)
-    ctx = make_context(data, model, budget, seed)
-    strategy.setup(ctx)
-    state = TrainState(0, 0, budget.steps_per_epoch, budget.total_steps, 0.05, model, 0)
-    return strategy.select(state)
+    strategy.setup(make_context(data, model, budget, seed))
+    return strategy
 
 
-def check_selection_valid(spec: StrategySpec) -> None:
+def _first_selection(spec: StrategySpec, seed: int, problem: TinyProblem = TinyProblem()) -> Selection:
+    strategy = _setup(spec, seed, problem)
+    return strategy.select(make_state(strategy.ctx))
+
+
+@_explained
+def check_selection_valid(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
     """``select`` returns int64 in-range indices and finite positive weights of equal length."""
-    sel = _first_selection(spec, 0)
+    sel = _first_selection(spec, 0, problem)
     assert isinstance(sel, Selection), f"select() returned {type(sel).__name__}, not Selection"
     assert sel.indices.dtype == torch.int64, f"indices dtype {sel.indices.dtype} is not int64"
     assert sel.indices.dim() == 1 and sel.indices.shape == sel.weights.shape, "indices/weights shapes differ"
-    n = TinyProblem().n_train
+    n = problem.n_train
     assert len(sel) > 0 and int(sel.indices.min()) >= 0 and int(sel.indices.max()) < n, "indices out of range"
     assert bool(torch.isfinite(sel.weights).all()) and bool((sel.weights > 0).all()), "weights not finite and > 0"
     sel.validate(n, "check")
@@ -202,22 +304,23 @@ def check_selection_valid(spec: StrategySpec) -> None:
         assert int(covered.min()) >= 0 and int(covered.max()) < len(sel), "batch plan positions out of range"
 
 
-def check_deterministic(spec: StrategySpec) -> None:
+@_explained
+def check_deterministic(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
     """The same seed gives identical selections and final weights; a fit is reproducible."""
-    a, b = _first_selection(spec, 3), _first_selection(spec, 3)
+    a, b = _first_selection(spec, 3, problem), _first_selection(spec, 3, problem)
     assert torch.equal(a.indices, b.indices), "the same seed selected different indices"
     assert torch.equal(a.weights, b.weights), "the same seed gave different weights"
-    r1, _ = _fit(spec, seed=1)
-    r2, _ = _fit(spec, seed=1)
+    r1, _ = _fit(spec, seed=1, problem=problem)
+    r2, _ = _fit(spec, seed=1, problem=problem)
     assert r1.ok and r2.ok, f"run failed: {r1.error or r2.error}"
     assert r1.metrics == r2.metrics, f"same seed, different metrics: {r1.metrics} vs {r2.metrics}"
     assert [s["size"] for s in r1.selections["log"]] == [s["size"] for s in r2.selections["log"]]
 
 
-def check_respects_budget(spec: StrategySpec) -> None:
+@_explained
+def check_respects_budget(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
     """Every run trains exactly E*S steps of the shared schedule and backprops what it reports."""
-    problem = TinyProblem()
-    result, strategy = _fit(spec)
+    result, strategy = _fit(spec, problem=problem)
     assert result.ok, f"run failed: {result.error}"
     budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities.budget)
     assert result.work["steps"] == budget.total_steps, (
@@ -231,21 +334,25 @@ def check_respects_budget(spec: StrategySpec) -> None:
     assert len(result.history) == problem.epochs, "one evaluation per pseudo-epoch expected"
 
 
-def check_state_dict_roundtrip(spec: StrategySpec) -> None:
-    """``state_dict`` saves with ``torch.save`` and loads with ``weights_only=True``; a resumed
-    run ends with the same weights as an uninterrupted one."""
+@_explained
+def check_state_dict_roundtrip(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
+    """After ``setup`` and a first ``select``, ``state_dict`` saves with ``torch.save`` and loads
+    with ``weights_only=True`` into a freshly set-up strategy; a resumed run ends with the same
+    weights as an uninterrupted one."""
     import tempfile
     from pathlib import Path
 
     from subsetlab.trainer import Trainer
 
-    sel_strategy = registry.create(_config(spec))
+    # as in the trainer: state is allocated in setup, saved at checkpoints after selections,
+    # and loaded into a strategy that was set up again
+    sel_strategy = _setup(spec, 0, problem)
+    sel_strategy.select(make_state(sel_strategy.ctx))
     buf = io.BytesIO()
     torch.save(sel_strategy.state_dict(), buf)
     buf.seek(0)
-    sel_strategy.load_state_dict(torch.load(buf, weights_only=True))
+    _setup(spec, 0, problem).load_state_dict(torch.load(buf, weights_only=True))
 
-    problem = TinyProblem()
     cfg = tiny_trainer_config(problem, checkpoint_every=1)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.ckpt"
@@ -267,12 +374,13 @@ def check_state_dict_roundtrip(spec: StrategySpec) -> None:
     assert full.selections["count"] == resumed.selections["count"], "resumed run made a different number of selections"
 
 
-def check_works_on_cpu_tiny_model(spec: StrategySpec) -> None:
+@_explained
+def check_works_on_cpu_tiny_model(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
     """A full run on CPU with a tiny model finishes with finite metrics better than chance."""
-    result, _ = _fit(spec)
+    result, _ = _fit(spec, problem=problem)
     assert result.ok, f"run failed: {result.error}"
     acc = result.metrics["final_acc"]
-    assert math.isfinite(acc) and acc > 1.0 / TinyProblem().classes, f"final accuracy {acc} not above chance"
+    assert math.isfinite(acc) and acc > 1.0 / problem.classes, f"final accuracy {acc} not above chance"
     for key in ("total", "train", "select", "eval"):
         assert result.timings[key] >= 0.0
 
@@ -293,10 +401,10 @@ CHECKS: dict[str, Callable[[StrategySpec], None]] = {
 }
 
 
-def iter_checks(spec: StrategySpec) -> Iterator[tuple[str, Callable[[], None]]]:
-    """Yield ``(check_name, thunk)`` for every check, bound to ``spec``."""
+def iter_checks(spec: StrategySpec, problem: TinyProblem = TinyProblem()) -> Iterator[tuple[str, Callable[[], None]]]:
+    """Yield ``(check_name, thunk)`` for every check, bound to ``spec`` and ``problem``."""
     for name, fn in CHECKS.items():
-        yield name, (lambda fn=fn: fn(spec))
+        yield name, (lambda fn=fn: fn(spec, problem=problem))
 
 
 @dataclass
@@ -312,6 +420,7 @@ def check_strategy(
     *,
     known_failures: dict[str, str] | None = None,
     raise_on_failure: bool = True,
+    problem: TinyProblem = TinyProblem(),
 ) -> CheckReport:
     """Run every conformance check on a registered strategy.
 
@@ -319,12 +428,14 @@ def check_strategy(
         spec: Name, ``"name[k=v]"``, config mapping, config, or the strategy class itself.
         known_failures: ``check name -> reason`` for checks expected to fail (not run).
         raise_on_failure: Raise ``AssertionError`` listing the failures (default).
+        problem: Sizes of the problem the checks train on; by default 12 steps (see
+            :class:`TinyProblem`), e.g. ``TinyProblem(epochs=10)`` for 40.
     """
     if isinstance(spec, type):
         spec = spec.name
     known = known_failures or {}
     passed, failed = [], {}
-    for name, thunk in iter_checks(spec):
+    for name, thunk in iter_checks(spec, problem):
         if name in known:
             continue
         try:
