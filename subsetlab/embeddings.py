@@ -35,7 +35,7 @@ def find_last_linear(model: nn.Module) -> nn.Linear:
     if last is None:
         raise ConfigError(
             f"{type(model).__name__} has no nn.Linear layer; gradient embeddings need the "
-            f"model's output layer to be an nn.Linear (pass last_layer= to choose one)."
+            f"model's output layer to be an nn.Linear producing the logits (add one as the last layer)."
         )
     return last
 
@@ -161,7 +161,8 @@ class GradientEmbedder:
         if "h" not in captured:
             raise ConfigError(
                 f"The last nn.Linear of {type(self.model).__name__} was not called in forward; "
-                f"pass the output layer explicitly as last_layer=."
+                f"register the output layer last, or, building a GradientEmbedder yourself, pass "
+                f"it as GradientEmbedder(model, last_layer=...)."
             )
         if not self._checked:
             same = captured["z"] is logits or (
@@ -172,7 +173,9 @@ class GradientEmbedder:
                     f"The output of {type(self.model).__name__} is not the output of its last "
                     f"nn.Linear (shapes {tuple(captured['z'].shape)} vs {tuple(logits.shape)}); "
                     f"closed-form embeddings need raw logits from that layer. Remove any final "
-                    f"activation or pass last_layer=."
+                    f"activation such as a softmax (the loss applies it), or, building a "
+                    f"GradientEmbedder yourself, pass the logits layer as "
+                    f"GradientEmbedder(model, last_layer=...)."
                 )
             self._checked = True
         return logits, captured["h"].flatten(1)

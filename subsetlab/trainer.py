@@ -298,6 +298,9 @@ class Trainer:
 
         Divergence (NaN/inf loss), a failing strategy hook, an invalid selection and a timeout
         end the run with ``status="failed"`` and the reason; nothing is raised for those.
+        A model that does not fit subsetlab (its output is not the logits of its last
+        ``nn.Linear``, e.g. it ends in a softmax) raises :class:`~subsetlab.errors.ConfigError`
+        from :func:`~subsetlab.models.check_model` before training starts.
         Invalid inputs raise :class:`~subsetlab.errors.DataError` before training starts: an
         empty training or test split, a validation or test split whose feature shape differs
         from the training split's or whose labels reach past its classes, a missing or empty
@@ -338,6 +341,9 @@ class Trainer:
         caps = strategy.capabilities
         name = strategy.name
         _check_splits(data)
+        from subsetlab.models.check import check_model  # logits from the last nn.Linear, no softmax
+
+        check_model(model, data.train.input_shape, data.train.num_classes)
         if caps.needs_validation and (data.val is None or len(data.val) == 0):
             raise DataError(
                 f"Strategy {name!r} needs a validation split, but the data has none. Set "
