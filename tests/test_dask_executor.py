@@ -154,21 +154,22 @@ def test_dask_records_match_sequential_and_resume_skips_all(tmp_path, dask_ex):
 def test_failed_run_is_recorded_and_the_others_finish(tmp_path, dask_ex, runtime_plugin):
     """A runtime-registered strategy that raises, and a run that fails before training."""
     suite = tiny_suite(strategies=("test-dask-boom", "random"))
-    broken = tiny_suite(strategies=("random",)).with_overrides(data={"name": "no-such-dataset"}, include_full=False)
+    # more training examples than the data set has: found when the worker loads the data
+    broken = tiny_suite(strategies=("random",)).with_overrides(data={"n_train": 100_000}, include_full=False)
     specs = suite.expand() + broken.expand()
     path = tmp_path / "results.jsonl"
     # through run_suite(cluster=<scheduler address>): a second client, closed at the end
     out = run(specs, path, cluster=dask_ex.cluster.scheduler_address)
-    by_label = {(r["spec"]["label"], r["spec"]["data"]["name"]): r for r in read_records(path)}
+    by_label = {(r["spec"]["label"], r["spec"]["data"]["n_train"]): r for r in read_records(path)}
     assert len(by_label) == len(specs) == 4 and out.n_ok == 2 and out.n_failed == 2
-    assert by_label[("full", "synthetic")]["status"] == "ok"
-    assert by_label[("random", "synthetic")]["status"] == "ok"
-    boom = by_label[("test-dask-boom", "synthetic")]  # the worker imported the uploaded module
+    assert by_label[("full", None)]["status"] == "ok"
+    assert by_label[("random", None)]["status"] == "ok"
+    boom = by_label[("test-dask-boom", None)]  # the worker imported the uploaded module
     assert boom["status"] == "failed" and boom["error"]["type"] == "StrategyFailure"
     assert "boom on a dask worker" in boom["error"]["message"]
-    bad = by_label[("random", "no-such-dataset")]
+    bad = by_label[("random", 100_000)]
     assert bad["status"] == "failed" and bad["error"]["type"] == "ConfigError"
-    assert "no-such-dataset" in bad["error"]["message"]
+    assert "n_train" in bad["error"]["message"]
     assert dask_ex.client.status == "running"  # the suite's own client went, the cluster stays
 
 

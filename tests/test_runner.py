@@ -222,12 +222,22 @@ def test_diverging_run_is_recorded_as_failed(tmp_path):
 
 
 def test_data_error_is_recorded(tmp_path):
-    suite = tiny_suite().with_overrides(data={"name": "no-such-dataset"})
+    suite = tiny_suite().with_overrides(data={"n_train": 100_000})  # found only when loading
     path = tmp_path / "results.jsonl"
     out = run(suite, path)
     recs = read_records(path)
     assert out.n_failed == len(recs) == 3
-    assert all(r["error"]["type"] == "ConfigError" and "no-such-dataset" in r["error"]["message"] for r in recs)
+    assert all(r["error"]["type"] == "ConfigError" and "n_train" in r["error"]["message"] for r in recs)
+
+
+def test_unknown_dataset_is_refused_before_any_run(tmp_path):
+    from subsetlab.errors import ConfigError
+
+    suite = tiny_suite().with_overrides(data={"name": "no-such-dataset"})
+    path = tmp_path / "results.jsonl"
+    with pytest.raises(ConfigError, match="no-such-dataset.*cannot start|cannot start.*no-such-dataset"):
+        run(suite, path)
+    assert not path.exists()
 
 
 def test_execute_run_never_raises_for_a_bad_spec():

@@ -57,8 +57,10 @@ __all__ = [
     "SequentialExecutor",
     "SuiteOutcome",
     "TqdmReporter",
+    "check_data",
     "environment",
     "execute_run",
+    "failed_notice",
     "failure_record",
     "make_executor",
     "make_reporter",
@@ -294,7 +296,12 @@ def _summary(record: dict[str, Any]) -> str:
     err = record.get("error") or {}
     msg = str(err.get("message", "")).strip().splitlines()
     first = msg[0] if msg else ""
-    return f"{err.get('type', 'error')}: {first[:160]}"
+    if len(first) > _SUMMARY_LIMIT:  # the whole first line (paths included), unless absurdly long
+        first = first[: _SUMMARY_LIMIT - 3] + "..."
+    return f"{err.get('type', 'error')}: {first}"
+
+
+_SUMMARY_LIMIT = 2000
 
 
 class Reporter:
@@ -302,6 +309,10 @@ class Reporter:
 
     def suite_started(self, name: str, total: int, skipped: int, todo: int, results: Path) -> None:
         """Before the first run: ``total`` runs, ``skipped`` already recorded, ``todo`` to run."""
+
+    def suite_notice(self, message: str) -> None:
+        """A line about the suite as a whole, e.g. that failed runs were skipped and how to
+        retry them (after :meth:`suite_started`)."""
 
     def run_started(self, spec: RunSpec) -> None:
         """A run was started (or handed to a worker)."""
@@ -340,6 +351,10 @@ class LineReporter(Reporter):
         self.todo = todo
         self._print(f"suite {name}: {total} runs, {skipped} already recorded, {todo} to run -> {results}")
 
+    def suite_notice(self, message: str) -> None:
+        """Print the message."""
+        self._print(message)
+
     def run_finished(self, spec: RunSpec, record: dict[str, Any]) -> None:
         """Print ``[i/n] status title  summary``."""
         self.done += 1
@@ -368,6 +383,11 @@ class TqdmReporter(Reporter):
         self.suite_bar = tqdm(total=todo, desc=f"suite {name}", unit="run", position=0, dynamic_ncols=True)
         if skipped:
             self.suite_bar.write(f"suite {name}: {skipped} of {total} runs already recorded in {results}; skipped")
+
+    def suite_notice(self, message: str) -> None:
+        """Write the message above the bars."""
+        if self.suite_bar is not None:
+            self.suite_bar.write(message)
 
     def _current(self) -> None:
         if self.suite_bar is not None:
@@ -748,6 +768,50 @@ def _broadcast_tasks(
     return out
 
 
+def failed_notice(n: int) -> str:
+    """The line saying that ``n`` runs recorded as failed were skipped, and how to retry them."""
+    runs = "run is" if n == 1 else "runs are"
+    return (
+        f"{n} {runs} recorded as failed and not run again; add --retry-failed "
+        f"(retry_failed=True in Python) to retry {'it' if n == 1 else 'them'}."
+    )
+
+
+def check_data(specs: Sequence[RunSpec], suite: str = "runs") -> None:
+    """Check that the data set of every spec can be loaded, before any run starts.
+
+    Each distinct data config is checked once with
+    :func:`subsetlab.data.check_available` (names registered, files present; nothing is read).
+
+    Raises:
+        ConfigError: a data set name is not registered.
+        MissingDataError: a data set's files are missing: the message names the data set, the
+            runs that need it, the full paths looked at, how to get the files and where to set
+            the data root. Nothing has run.
+    """
+    from subsetlab.data import check_available
+    from subsetlab.errors import MissingDataError
+
+    by_data: dict[str, tuple[Any, int]] = {}
+    for spec in specs:
+        k = spec.data.model_dump_json()
+        cfg, n = by_data.get(k, (spec.data, 0))
+        by_data[k] = (cfg, n + 1)
+    for cfg, n in by_data.values():
+        runs = "1 run needs" if n == 1 else f"{n} runs need"
+        where = f"Suite {suite!r} cannot start, nothing was run: {runs} data set {cfg.name!r}."
+        try:
+            check_available(cfg)
+        except MissingDataError as exc:
+            raise MissingDataError(
+                f"{where}\n{exc}\nSet the data root in the suite file ([[datasets]] name = "
+                f"{json.dumps(cfg.name)}, root = \"DIR\") or on the command line "
+                f"(--set data.root=DIR), then run the same command again."
+            ) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where} {exc}") from None
+
+
 def run_suite(
     suite: Any,
     results_path: str | os.PathLike,
@@ -798,6 +862,10 @@ def run_suite(
     :attr:`~subsetlab.bench.suite.TimeMatch.key` (what they are matched to), so a resumed
     suite neither redoes nor loses them.
 
+    Before any run starts, the data set of every run to make is checked
+    (:func:`check_data`): a data set whose files are missing raises
+    :class:`~subsetlab.errors.MissingDataError` and nothing is run or recorded.
+
     A ``KeyboardInterrupt`` stops the suite; finished runs stay recorded and the next call
     resumes with the missing ones.
     """
@@ -831,9 +899,11 @@ def run_suite(
             raise ConfigError(f"Rank {dist.rank} expanded a different suite than rank 0 (no run {missing[0]}).")
         todo = [by_key[k] for k in keys]
         pending = [by_match[k] for k in match_keys]
+    check_data([*todo, *(m.baseline for m in pending)], name)
     outcome = SuiteOutcome(name, store.path, [s.key for s in specs] + [m.key for m in matches])
     todo_keys = {s.key for s in todo} | {m.key for m in pending}
     outcome.skipped = [k for k in outcome.keys if k not in todo_keys]
+    failed_skipped = [k for k in outcome.skipped if (latest.get(k) or {}).get("status") == "failed"]
     reporter = make_reporter(progress if main else "none")
     if threads is None:
         threads = getattr(suite, "threads", None)
@@ -842,6 +912,8 @@ def run_suite(
     executor = executor or make_executor(workers, threads, cluster)
     try:
         reporter.suite_started(name, len(outcome.keys), len(outcome.keys) - n_todo, n_todo, store.path)
+        if failed_skipped:
+            reporter.suite_notice(failed_notice(len(failed_skipped)))
         for first in (True, False):  # matched runs depend only on expanded runs: two rounds suffice
             tasks: list[_Task] = [(s, None, None) for s in todo] if first else []
             unavailable: list[tuple[TimeMatch, dict[str, Any]]] = []

@@ -21,9 +21,11 @@ from subsetlab.data.pipeline import (
     normalization_stats,
 )
 from subsetlab.data.registry import (
+    AvailabilityCheck,
     Loader,
     NoOptions,
     RawData,
+    check_available,
     get_loader,
     list_datasets,
     parse_options,
@@ -36,6 +38,7 @@ from subsetlab.data.torch_dataset import from_torch_dataset
 
 __all__ = [
     "Augment",
+    "AvailabilityCheck",
     "AugmentPolicy",
     "DataSplits",
     "IndexedDataset",
@@ -45,6 +48,7 @@ __all__ = [
     "RawData",
     "SafeUnpickler",
     "apply_normalization",
+    "check_available",
     "default_padding",
     "from_torch_dataset",
     "get_loader",

@@ -123,7 +123,17 @@ def _root(config: DataConfig, default: str) -> str:
     return os.path.expanduser(config.root) if config.root else default
 
 
-@register_dataset("cifar10")
+def _check_cifar10(config: DataConfig) -> None:
+    root = _root(config, "/usr/share/datasets/cifar10")
+    find_cifar_dir(root, "cifar-10-batches-py", _CIFAR10_FILES, "cifar10", "cifar-10-python.tar.gz")
+
+
+def _check_cifar100(config: DataConfig) -> None:
+    root = _root(config, "/usr/share/datasets/cifar100")
+    find_cifar_dir(root, "cifar-100-python", _CIFAR100_FILES, "cifar100", "cifar-100-python.tar.gz")
+
+
+@register_dataset("cifar10", check=_check_cifar10)
 def load_cifar10(config: DataConfig, seed: int) -> RawData:
     """CIFAR-10: 50,000 training and 10,000 test colour images 32x32 of 10 classes.
 
@@ -143,7 +153,7 @@ def load_cifar10(config: DataConfig, seed: int) -> RawData:
     )
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", check=_check_cifar100)
 def load_cifar100(config: DataConfig, seed: int) -> RawData:
     """CIFAR-100: 50,000 training and 10,000 test colour images 32x32 of 100 classes.
 

@@ -155,7 +155,15 @@ def _root(config: DataConfig, source: IdxSource) -> str:
     return os.path.expanduser(config.root) if config.root else source.default_root
 
 
-@register_dataset("fashion_mnist")
+def _check_fashion_mnist(config: DataConfig) -> None:
+    find_idx_files(_root(config, FASHION_MNIST), FASHION_MNIST)
+
+
+def _check_mnist(config: DataConfig) -> None:
+    find_idx_files(_root(config, MNIST), MNIST)
+
+
+@register_dataset("fashion_mnist", check=_check_fashion_mnist)
 def load_fashion_mnist(config: DataConfig, seed: int) -> RawData:
     """Fashion-MNIST: 60,000 training and 10,000 test images 28x28 of 10 clothing classes.
 
@@ -166,7 +174,7 @@ def load_fashion_mnist(config: DataConfig, seed: int) -> RawData:
     return load_idx_dataset(_root(config, FASHION_MNIST), FASHION_MNIST)
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", check=_check_mnist)
 def load_mnist(config: DataConfig, seed: int) -> RawData:
     """MNIST: 60,000 training and 10,000 test images 28x28 of handwritten digits.
 

@@ -22,9 +22,11 @@ from subsetlab.data.base import IndexedDataset
 from subsetlab.errors import ConfigError, RegistryError, unknown_name_message
 
 __all__ = [
+    "AvailabilityCheck",
     "Loader",
     "NoOptions",
     "RawData",
+    "check_available",
     "get_loader",
     "list_datasets",
     "parse_options",
@@ -59,13 +61,17 @@ class RawData:
 
 #: A dataset loader: ``(config, seed) -> RawData``.
 Loader = Callable[[DataConfig, int], RawData]
+#: A cheap availability check of a data set: ``(config) -> None``, raising
+#: :class:`~subsetlab.errors.MissingDataError` when files are missing (without reading them).
+AvailabilityCheck = Callable[[DataConfig], None]
 
 _lock = threading.RLock()
 _registry: dict[str, Loader] = {}
+_checks: dict[str, AvailabilityCheck] = {}
 _NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, *, check: AvailabilityCheck | None = None) -> Callable[[Loader], Loader]:
     """Register a loader function under ``name`` (a decorator).
 
     Registering the same function twice is a no-op; another function under a taken name
@@ -73,6 +79,10 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 
     Args:
         name: Lower-case name used in ``DataConfig.name`` (letters, digits, ``-``, ``_``).
+        check: Optional cheap availability check ``(config) -> None`` that raises
+            :class:`~subsetlab.errors.MissingDataError` (naming the paths and how to get the
+            files) when the data is not there, without loading it; a suite runs it for every
+            data set before its first run (:func:`check_available`).
 
     Returns:
         A decorator that registers the loader and returns it unchanged.
@@ -101,6 +111,8 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
                     f"register {_qualname(fn)} under the same name. Rename one of them."
                 )
             _registry[name] = fn
+            if check is not None:
+                _checks[name] = check
         return fn
 
     return deco
@@ -110,6 +122,24 @@ def unregister_dataset(name: str) -> None:
     """Remove ``name`` from the dataset registry (for tests and interactive use)."""
     with _lock:
         _registry.pop(name, None)
+        _checks.pop(name, None)
+
+
+def check_available(config: DataConfig) -> None:
+    """Check, without loading it, that the data set of ``config`` can be loaded: its name is
+    registered and, for a data set read from files, the files are where they will be looked
+    for.
+
+    Raises:
+        ConfigError: no dataset has that name (the message lists the registered ones).
+        MissingDataError: its files are missing; the message gives the full paths looked at
+            and how to get the files.
+    """
+    get_loader(config.name)
+    with _lock:
+        check = _checks.get(config.name)
+    if check is not None:
+        check(config)
 
 
 def list_datasets() -> list[str]:
