@@ -6,9 +6,10 @@ Subcommands::
     subsetlab schema NAME                   JSON schema of a strategy's config
     subsetlab run [SUITE] [options]         run a suite (default: the packaged quick suite)
     subsetlab report RESULTS [options]      tables (Markdown, CSV) and plots from a results file
+    subsetlab repair RESULTS                remove lines that are not run records (keeps a backup)
 
-Exit codes: 0 success, 1 some run of the suite failed, 2 usage or configuration error,
-130 interrupted.
+Exit codes: 0 success, 1 some run of the suite failed, 2 usage or configuration error or
+missing data (nothing was run), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "describe_suite", "main"]
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_FAILED = 1  # the command could not do its job (a missing extra, an unreachable cluster)
@@ -31,6 +33,9 @@ EXIT_FAILED = 1  # the command could not do its job (a missing extra, an unreach
 _RUN_EPILOG = """\
 Strategies: --strategy replaces the suite's strategy list (repeat it for several; '*' means
 every registered strategy); the full-data reference run is still added unless --no-full.
+Without a suite file and without --strategy, the quick suite runs the built-in strategies
+only, so installing a plugin does not change what a plain `subsetlab run` runs; add
+--all-strategies (or --strategy '*') to run the installed plugins' strategies too.
 Parameters go in brackets: --strategy "crest[tau=0.05,b=3]". Any other setting can be changed
 with --set SECTION.KEY=VALUE, SECTION one of trainer, data (every dataset), model (every model),
 e.g. --set trainer.lr=0.05 --set data.n_train=500 --set 'model.options={"hidden":[64]}'.
@@ -43,7 +48,8 @@ beside the strategy.
 
 Runs already recorded in the results file (same key: a hash of the run's spec, not of the
 device) are skipped, so rerunning an interrupted command resumes it. Failed runs are skipped
-too unless --retry-failed. At the end the report table is printed and report.md, report.csv
+too unless --retry-failed. Before any run starts, the data of every run is checked: missing
+data files stop the command (exit 2) with the paths looked at and how to get them. At the end the report table is printed and report.md, report.csv
 and PNG plots are written to --out (default: next to the results file).
 
 examples:
@@ -155,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--strategy", action="append", metavar="SPEC", dest="strategies",
                     help="strategy to run, e.g. random or \"crest[tau=0.05,b=3]\"; repeatable; replaces "
                     "the suite's list ('*' = all registered)")
+    rp.add_argument("--all-strategies", action="store_true", dest="all_strategies",
+                    help="also run every registered strategy, installed plugins' included (the quick suite "
+                    "otherwise runs the built-ins only)")
     rp.add_argument("--seeds", type=_csv_list(int, "seed"), metavar="LIST", help="seeds, e.g. 0,1,2")
     rp.add_argument("--budgets", type=_csv_list(float, "budget"), metavar="LIST", help="budget fractions, e.g. 0.1,0.3")
     rp.add_argument("--epochs", type=_positive_int, metavar="N", help="pseudo-epochs (trainer.epochs)")
@@ -194,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="report files to write: md, csv (default md,csv)")
     ep.add_argument("--no-plots", action="store_true", help="do not draw plots")
     ep.set_defaults(func=_cmd_report)
+
+    xp = sub.add_parser("repair", help="remove lines that are not run records from a results file",
+                        description="Rewrite a results file without its lines that are not run records "
+                        "(a line cut short by a killed process, text that is not JSON), keeping every "
+                        "record as it is. The file as it was is kept as RESULTS.bak (.bak1, .bak2... if "
+                        "taken). Do not run it while a suite is writing to the file.")
+    xp.add_argument("results", help="results file (JSON Lines) written by 'subsetlab run'")
+    xp.set_defaults(func=_cmd_repair)
     return p
 
 
@@ -226,10 +243,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps({"strategies": strategies, "datasets": datasets, "models": models}, indent=2))
         return EXIT_OK
     width = max([len(x["name"]) for x in strategies + datasets + models] + [4])
+    sources = [f"[{s['distribution']} {s['version']}]".replace(" ]", "]") for s in strategies]
+    src_width = max([len(x) for x in sources] + [0])
     print("Strategies:")
-    for s in strategies:
-        src = f"{s['distribution']} {s['version']}".strip()
-        print(f"  {s['name']:<{width}}  [{src}]  {s['summary']}")
+    for s, src in zip(strategies, sources):
+        print(f"  {s['name']:<{width}}  {src:<{src_width}}  {s['summary']}")
     for title, items in (("Datasets", datasets), ("Models", models)):
         print(f"{title}:")
         for x in items:
@@ -245,10 +263,31 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from subsetlab.bench.suite import load_default_suite, load_suite
+@dataclass
+class _Loaded:
+    """The suite to run, whether the command line changed it, and the registered strategies
+    the default suite leaves out (not built-in)."""
+
+    suite: Any
+    overridden: bool = False
+    left_out: list[Any] = field(default_factory=list)
+
+
+def _load(args: argparse.Namespace) -> _Loaded:
+    from subsetlab import registry
+    from subsetlab.bench.suite import ALL_STRATEGIES, load_default_suite, load_suite
 
     suite = load_suite(args.suite) if args.suite else load_default_suite()
+    strategies = args.strategies
+    left_out: list[Any] = []
+    if args.all_strategies:
+        strategies = [ALL_STRATEGIES, *(strategies or suite.strategies)]
+    elif not args.suite and not strategies and suite.all:
+        # the default suite's '*' means the built-ins: installing a plugin does not change it
+        infos = registry.info()
+        left_out = [i for i in infos if i.distribution != "subsetlab"]
+        if left_out:
+            strategies = [*(i.name for i in infos if i.distribution == "subsetlab"), *suite.strategies]
     trainer: dict[str, Any] = {}
     data: dict[str, Any] = {}
     model: dict[str, Any] = {}
@@ -266,9 +305,10 @@ def _load(args: argparse.Namespace) -> Any:
         labels = [t.strip() for t in args.time_matched]
         matched = True if "*" in labels else False if labels == ["none"] else labels
     time_options = [matched is not None, args.time_match is not None, args.forward_cost is not None]
-    if any([args.strategies, args.seeds, args.budgets, trainer, data, model, args.no_full, *time_options]):
+    overridden = any([strategies, args.seeds, args.budgets, trainer, data, model, args.no_full, *time_options])
+    if overridden:
         suite = suite.with_overrides(
-            strategies=args.strategies,
+            strategies=strategies,
             seeds=args.seeds,
             budgets=args.budgets,
             trainer=trainer or None,
@@ -279,7 +319,55 @@ def _load(args: argparse.Namespace) -> Any:
             time_match=args.time_match,
             forward_cost=args.forward_cost,
         )
-    return suite
+    return _Loaded(suite, overridden, left_out)
+
+
+def _percent(f: float) -> str:
+    return f"{100 * f:.4g}%"
+
+
+def describe_suite(suite: Any, builtin_only: bool = False) -> str:
+    """One sentence saying what a suite runs, from its settings (after command-line overrides).
+
+    Args:
+        suite: A :class:`~subsetlab.bench.suite.Suite`.
+        builtin_only: The strategy list is the built-in strategies (the default suite).
+    """
+    labels = [e.display_name for e in suite.strategy_entries()]
+    if builtin_only:
+        what = "the built-in strategies"
+    elif suite.all:
+        what = "all registered strategies"
+    elif len(labels) <= 4:
+        what = ", ".join(labels)
+    else:
+        what = f"{len(labels)} strategies"
+    if suite.include_full:
+        what += " and the full-data reference" if labels else "the full-data reference"
+    data = ", ".join(d.name for d in suite.datasets)
+    models = ", ".join(m.name for m in suite.models)
+    budgets = ", ".join(_percent(b) for b in suite.budgets)
+    seeds = ", ".join(str(x) for x in suite.seeds)
+    return (
+        f"Suite {suite.name}: {what} on {data} ({models}), {budgets} budget{'s' if len(suite.budgets) > 1 else ''}, "
+        f"{suite.trainer.epochs} pseudo-epochs, seed{'s' if len(suite.seeds) > 1 else ''} {seeds}."
+    )
+
+
+def _banner(loaded: _Loaded) -> None:
+    """The suite's description, or, once the command line changed the suite (or the default
+    suite left strategies out), a sentence made from its actual settings."""
+    suite = loaded.suite
+    if suite.description and not loaded.overridden and not loaded.left_out:
+        print(suite.description.strip())
+    else:
+        print(describe_suite(suite, builtin_only=bool(loaded.left_out)))
+    if loaded.left_out:
+        names = ", ".join(f"{i.name} [{i.distribution} {i.version}]".replace(" ]", "]") for i in loaded.left_out)
+        print(
+            f"Not run: {names}. Without a suite file or --strategy, the quick suite runs the "
+            f"built-in strategies only; add --all-strategies (or --strategy NAME) to run these too."
+        )
 
 
 def _check_formats(formats: Sequence[str]) -> None:
@@ -372,7 +460,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_formats(args.format)
     _, world, _ = distributed.env_rank_world()
     if args.nproc > 1 and world == 1 and not args.dry_run:
-        _load(args)  # report a bad suite or option here, not once per rank
+        # report a bad suite, option or missing data here, not once per rank
+        from subsetlab.bench.runner import check_data
+
+        suite = _load(args).suite
+        check_data(suite.expand(), suite.name)
         return _launch_ranks(args)
     if world > 1 and args.nproc not in (1, world):
         from subsetlab.errors import ConfigError
@@ -393,13 +485,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_suite_cmd(args: argparse.Namespace, dv: Any) -> int:
-    from subsetlab.bench.runner import match_title, run_suite, run_title
+    from subsetlab.bench.runner import failed_notice, match_title, run_suite, run_title
     from subsetlab.bench.store import latest_by_key, read_records
 
     main_rank = dv is None or dv.is_main
-    suite = _load(args)
+    loaded = _load(args)
+    suite = loaded.suite
     results = Path(args.results) if args.results else Path("runs") / suite.name / "results.jsonl"
     out = Path(args.out) if args.out else results.parent
+    if main_rank:
+        _banner(loaded)
     if args.dry_run:
         specs = suite.expand()
         matches = suite.time_matches()
@@ -420,8 +515,6 @@ def _run_suite_cmd(args: argparse.Namespace, dv: Any) -> int:
     progress = args.progress or ("lines" if args.quiet else "auto")
     if not main_rank:
         progress = "none"
-    elif suite.description:
-        print(suite.description.strip())
     outcome = run_suite(
         suite,
         results,
@@ -441,6 +534,9 @@ def _run_suite_cmd(args: argparse.Namespace, dv: Any) -> int:
         f"\nsuite {suite.name}: {outcome.n_ok} ok, {outcome.n_failed} failed, {len(outcome.ran)} run now, "
         f"{len(outcome.skipped)} already recorded; {outcome.seconds:.1f} s; results in {results}"
     )
+    failed_skipped = sum(1 for k in outcome.skipped if outcome.statuses.get(k) == "failed")
+    if failed_skipped:
+        print(failed_notice(failed_skipped))
     return EXIT_OK if outcome.n_failed == 0 else EXIT_FAILED_RUNS
 
 
@@ -458,12 +554,38 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from subsetlab.bench.store import repair
+    from subsetlab.errors import ConfigError
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise ConfigError(f"Results file {str(path)!r} does not exist. Give the file written by 'subsetlab run'.")
+    report = repair(path)
+    if report.backup is None:
+        print(f"nothing to repair in {path}: all {report.kept} lines are run records.")
+        return EXIT_OK
+    what = "; ".join(f"line {n}: {why}" for n, why in report.removed)
+    n = len(report.removed)
+    print(f"repaired {path}: removed {n} line{'s' if n != 1 else ''} ({what}), kept {report.kept} records; "
+          f"the file as it was is the backup at {report.backup}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- entry point
 @contextlib.contextmanager
 def _short_warnings() -> Iterator[None]:
-    """Print warnings as one ``warning: ...`` line each (restored on exit)."""
+    """Print warnings as one ``warning: ...`` line each (restored on exit); a bad line of a
+    results file, read several times in one command, is shown once."""
     with warnings.catch_warnings():
+        seen: set[Any] = set()
+
         def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            ident = getattr(message, "ident", None)
+            if ident is not None:
+                if ident in seen:
+                    return
+                seen.add(ident)
             print(f"warning: {message}", file=file or sys.stderr)
 
         warnings.showwarning = show
@@ -479,12 +601,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     args.argv = argv[argv.index("run") + 1 :] if args.command == "run" else argv
-    from subsetlab.errors import ConfigError, RegistryError, SubsetlabError
+    from subsetlab.errors import ConfigError, MissingDataError, RegistryError, SubsetlabError
 
     with _short_warnings():
         try:
             return int(args.func(args))
-        except (ConfigError, RegistryError) as exc:
+        except (ConfigError, RegistryError, MissingDataError) as exc:  # nothing was run
             print(f"subsetlab {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except SubsetlabError as exc:  # a missing extra, an unreachable cluster, a broken process group

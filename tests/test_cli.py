@@ -131,11 +131,19 @@ def test_dry_run_lists_runs(suite_file, tmp_path, capsys):
 def test_failed_runs_exit_1(suite_file, tmp_path, capsys):
     code = main(
         ["run", str(suite_file), "--results", str(tmp_path / "r.jsonl"), "--quiet", "--no-plots",
-         "--set", "data.name=no-such-data", "--threads", "1"]
+         "--set", "model.name=no-such-model", "--threads", "1"]
     )
     assert code == 1
     out = capsys.readouterr().out
-    assert "FAILED" in out and "no-such-data" in out and "3 failed" in out
+    assert "FAILED" in out and "no-such-model" in out and "3 failed" in out
+
+
+def test_unknown_dataset_stops_the_suite_before_any_run(suite_file, tmp_path, capsys):
+    results = tmp_path / "r.jsonl"
+    code = main(["run", str(suite_file), "--results", str(results), "--quiet", "--no-plots",
+                 "--set", "data.name=no-such-data"])
+    assert code == 2 and not results.exists()  # checked before any run: nothing recorded as failed
+    assert "Unknown dataset 'no-such-data'" in capsys.readouterr().err
 
 
 def test_config_errors_exit_2_without_traceback(tmp_path, capsys):

@@ -10,19 +10,26 @@ Only one process (the suite's parent) writes. Each record is written with a sing
 of the whole line, then flushed and ``fsync``-ed, so a killed process leaves at most one partial
 last line; readers skip it with a :class:`ResultsWarning`, and the next append starts on a fresh
 line. A key may appear more than once (a failed run retried); the last record wins.
+
+A line that is not a record is skipped with a :class:`ResultsWarning` (the ``subsetlab``
+command shows each bad line once per command) and stays in the file until :func:`repair`
+(``subsetlab repair RESULTS``) rewrites the file without it, keeping a backup.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResultsStore", "ResultsWarning", "latest_by_key", "read_records", "sanitize"]
+__all__ = ["RepairReport", "ResultsStore", "ResultsWarning", "latest_by_key", "read_records", "repair", "sanitize"]
 
 try:  # POSIX advisory lock so two suites appending to one file do not interleave
     import fcntl
@@ -31,7 +38,15 @@ except ImportError:  # pragma: no cover - Windows
 
 
 class ResultsWarning(UserWarning):
-    """A line of a results file was skipped (partial write or not a record)."""
+    """A line of a results file was skipped (partial write or not a record).
+
+    Attributes:
+        ident: ``(file, line number, hash of the line)``: the same bad line read again (by
+            another reader in the same command, or after the partial last line it was got a
+            line after it) has the same ident, so a command shows it once.
+    """
+
+    ident: tuple[str, int, str] | None = None
 
 
 def sanitize(obj: Any) -> Any:
@@ -49,12 +64,23 @@ def sanitize(obj: Any) -> Any:
     return str(obj)
 
 
+def _bad_line(line: bytes, last: bool) -> str | None:
+    """Why ``line`` is not a run record (None when it is one)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return "a partial last line (a write interrupted by a killed process)" if last else "not valid JSON"
+    if not isinstance(rec, dict) or "key" not in rec or "status" not in rec:
+        return "not a run record (no key/status)"
+    return None
+
+
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All valid records of a results file, in file order.
 
     A partial last line (a write interrupted by a killed process) and any line that is not a
-    JSON object with ``key`` and ``status`` are skipped with a :class:`ResultsWarning`. A
-    missing file reads as empty.
+    JSON object with ``key`` and ``status`` are skipped with a :class:`ResultsWarning`;
+    :func:`repair` removes them from the file. A missing file reads as empty.
     """
     p = Path(path)
     try:
@@ -67,17 +93,87 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         last = i == len(lines) - 1  # no newline after it
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            why = "a partial last line (a write interrupted by a killed process)" if last else "not valid JSON"
-            warnings.warn(f"{p}: line {i + 1} is {why}; skipped.", ResultsWarning, stacklevel=2)
+        why = _bad_line(line, last)
+        if why is not None:
+            _warn(p, i + 1, line, why)
             continue
-        if not isinstance(rec, dict) or "key" not in rec or "status" not in rec:
-            warnings.warn(f"{p}: line {i + 1} is not a run record (no key/status); skipped.", ResultsWarning, stacklevel=2)
-            continue
-        records.append(rec)
+        records.append(json.loads(line))
     return records
+
+
+def _warn(path: Path, lineno: int, line: bytes, why: str) -> None:
+    warning = ResultsWarning(
+        f"{path}: line {lineno} is {why}; skipped. `subsetlab repair {path}` rewrites the file "
+        f"without it (keeping a backup)."
+    )
+    warning.ident = (str(path.resolve()), lineno, hashlib.sha256(line).hexdigest())
+    warnings.warn(warning, stacklevel=3)
+
+
+@dataclass
+class RepairReport:
+    """What :func:`repair` did.
+
+    Attributes:
+        path: The results file.
+        removed: ``(line number, why)`` of every line removed (numbers as in the old file).
+        kept: Records kept.
+        backup: The copy of the file as it was, or None when nothing needed removing.
+    """
+
+    path: Path
+    removed: list[tuple[int, str]] = field(default_factory=list)
+    kept: int = 0
+    backup: Path | None = None
+
+
+def repair(path: str | os.PathLike) -> RepairReport:
+    """Rewrite a results file without the lines that are not run records, keeping a backup.
+
+    The file is first copied to ``<name>.bak`` (``<name>.bak1``, ``.bak2``... when taken), then
+    rewritten in place under the same lock appends take, keeping every valid line byte for
+    byte and in order. A file with nothing to remove is left untouched (no backup).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+    """
+    p = Path(path)
+    report = RepairReport(p)
+    fd = os.open(p, os.O_RDWR)  # FileNotFoundError for a missing file
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = p.read_bytes()
+        lines = raw.split(b"\n")
+        good: list[bytes] = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            why = _bad_line(line, i == len(lines) - 1)
+            if why is None:
+                good.append(line)
+            else:
+                report.removed.append((i + 1, why))
+        report.kept = len(good)
+        if not report.removed:
+            return report
+        backup = p.with_name(p.name + ".bak")
+        n = 0
+        while backup.exists():
+            n += 1
+            backup = p.with_name(f"{p.name}.bak{n}")
+        shutil.copy2(p, backup)
+        report.backup = backup
+        data = b"".join(line + b"\n" for line in good)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return report
 
 
 def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -106,6 +106,7 @@ BASELINE = "random"
 FORWARD_COST = 1.0 / 3.0
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+_RUNS_NOTHING = "the suite runs nothing"
 
 
 def _fmt_value(v: Any) -> str:
@@ -418,7 +419,7 @@ class Suite(FrozenConfig):
     def _has_strategies(self) -> Suite:
         if not self.strategies and not self.all and not self.include_full:
             raise ValueError(
-                "the suite runs nothing: list strategies (or '*' for all registered ones) "
+                f"{_RUNS_NOTHING}: list strategies (or '*' for all registered ones) "
                 "or set include_full = true"
             )
         return self
@@ -447,6 +448,7 @@ class Suite(FrozenConfig):
                 f"trainer.fraction."
             )
         strategies = d.get("strategies")
+        bad_strategies = False
         if isinstance(strategies, (list, tuple)):
             resolved: list[Any] = []
             for i, entry in enumerate(strategies):
@@ -457,6 +459,7 @@ class Suite(FrozenConfig):
                     resolved.append(_parse_entry(entry))
                 except (ConfigError, RegistryError) as exc:
                     problems.extend(_strategy_problems(i, entry, exc))
+                    bad_strategies = True
             d["strategies"] = resolved
         elif strategies is not None:
             problems.append(
@@ -467,7 +470,8 @@ class Suite(FrozenConfig):
         try:
             suite = cls.model_validate(d)
         except ValidationError as exc:
-            problems.extend(_pydantic_problems(exc))
+            # a list emptied by its own bad entries does not also "run nothing": those are reported
+            problems.extend(p for p in _pydantic_problems(exc) if not (bad_strategies and _RUNS_NOTHING in p))
             suite = None
         except (ConfigError, RegistryError) as exc:  # pragma: no cover - defensive
             problems.append(str(exc))
@@ -532,7 +536,7 @@ class Suite(FrozenConfig):
         for key, value in (("time_matched", time_matched), ("time_match", time_match), ("forward_cost", forward_cost)):
             if value is not None:
                 d[key] = list(value) if isinstance(value, (list, tuple)) else value
-        return Suite.from_dict(d, source=f"suite {self.name!r} with command-line overrides")
+        return Suite.from_dict(d, source=f"{self.name!r} with command-line overrides")
 
     # ------------------------------------------------------------------ expansion
     def _entries(self) -> list[StrategyEntry]:
