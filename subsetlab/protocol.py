@@ -13,6 +13,38 @@ this order:
 4. :meth:`SelectionStrategy.on_step_end` with the batch's per-example losses.
 
 ``state_dict`` / ``load_state_dict`` make a strategy resumable from a checkpoint.
+
+A whole strategy, here one that trains on the budget's highest-loss examples and re-selects
+every ``select_every`` pseudo-epochs (:class:`EpochwiseStrategy` answers ``should_select``)::
+
+    from typing import Literal
+
+    from subsetlab import EpochwiseConfig, EpochwiseStrategy, Selection, TrainState
+
+
+    class TopLossConfig(EpochwiseConfig):
+        '''Config of TopLoss: frozen, unknown keys rejected; `name` is the registered name.'''
+
+        name: Literal["top-loss"] = "top-loss"
+
+
+    class TopLoss(EpochwiseStrategy):
+        '''The ceil(f * N) examples with the highest current loss, weight 1.'''
+
+        name = "top-loss"
+        Config = TopLossConfig
+
+        def select(self, state: TrainState) -> Selection:
+            ctx = self.ctx  # set by setup(); allocate any state of your own in setup()
+            emb = ctx.embedder.embed(ctx.train)  # one no-grad forward pass over the data
+            ctx.meters.add_forward(len(emb))  # report the extra work
+            top = emb.losses.topk(ctx.budget.subset_size).indices
+            return Selection.uniform(emb.indices[top])
+
+It becomes usable by name (``registry.create("top-loss")``, ``--strategy top-loss``) once
+registered: with the ``@subsetlab.register`` decorator, or, in a package, with an entry point
+``top-loss = "your_package:TopLoss"`` in the group ``subsetlab.strategies`` (the guide "Write
+a strategy" walks through one, with its tests).
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from subsetlab import Trainer, registry
+from subsetlab import Budget, Trainer, registry
 from subsetlab.testing import (
     StrategyConformance,
+    make_context,
+    make_state,
     tiny_model,
     tiny_problem,
     tiny_trainer_config,
@@ -35,3 +37,18 @@ def test_selects_the_budget_without_repeats() -> None:
         assert entry["size"] == k and entry["unique"] == k
     n, count = result.budget["n"], result.selections["count"]
     assert result.work["forward_examples"] == n * count
+
+
+def test_select_draws_k_candidates_with_bounded_weights() -> None:
+    """select() called directly: k distinct candidates, weights <= 1 / smoothing."""
+    data, model = tiny_problem(0), tiny_model(0)
+    budget = Budget.make(len(data.train), fraction=0.25, batch_size=16, epochs=3)
+    ctx = make_context(data, model, budget, seed=0)
+    strategy = registry.create("loss-sampling[candidates=0.5]")
+    strategy.setup(ctx)
+    selection = strategy.select(make_state(ctx, step=0))
+    m = selection.diagnostics["candidates"]  # ceil(0.5 * N), at least k
+    assert m == 120 and ctx.meters.forward_examples == m
+    k = budget.subset_size
+    assert len(selection) == k and selection.indices.unique().numel() == k
+    assert float(selection.weights.max()) <= 1 / 0.2 + 1e-6  # p_i >= smoothing / m
