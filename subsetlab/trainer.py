@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from subsetlab.allocator import tune_cpu_allocator
 from subsetlab.analytics import SelectionAnalytics
 from subsetlab.config import TrainerConfig
 from subsetlab.data.base import DataSplits, IndexedDataset
@@ -366,6 +367,8 @@ class Trainer:
                     f"trainer.batch_size divisible by {world}."
                 )
         device = resolve_device(cfg.device)
+        if device.type == "cpu" and cfg.cpu_allocator == "tuned":
+            tune_cpu_allocator()
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(derive_seed(seed, "torch-global"))

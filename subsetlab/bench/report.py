@@ -70,7 +70,7 @@ __all__ = [
 
 FULL = "full"
 #: Trainer fields that do not change what is computed (left out of the "setting").
-_NOT_SETTING = ("fraction", "device", "max_seconds", "checkpoint_every", "analytics")
+_NOT_SETTING = ("fraction", "device", "max_seconds", "checkpoint_every", "analytics", "cpu_allocator")
 
 
 @dataclass(frozen=True)
