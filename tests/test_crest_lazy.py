@@ -102,7 +102,7 @@ def test_a_round_starts_with_one_coreset_and_extends_one_batch_at_a_time() -> No
     sel = strategy.select(st)
     assert len(sel) == 16 and len(sel.batches) == 1 and not sel.extends
     assert sel.diagnostics["built"] == 1 and strategy.built_ == 1
-    assert strategy.ahead_ is not None and strategy.ahead_.check_pos.numel() == 60  # check_size 128 > r: the whole subset
+    assert strategy.ahead_ is not None and strategy.ahead_.check_pos.numel() == 60  # check_size 64 > r: the whole subset
     # the trainer has not trained batch 1 yet: nothing to build
     assert not strategy.should_select(TrainState(0, 0, 8, 48, 0.05, model, 1))
     assert strategy.pending_fit_ is not None and strategy.quad_.t == 0  # g comes with the first step
