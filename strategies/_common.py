@@ -23,6 +23,7 @@ from subsetlab.errors import SelectionError
 from subsetlab.greedi import shard_of
 from subsetlab.seeding import torch_generator
 from subsetlab.protocol import EpochwiseStrategy, Selection, SelectionContext, TrainState
+from subsetlab.quotas import stratified_quotas
 
 __all__ = [
     "GREEDI_NOTE",
@@ -384,12 +385,8 @@ def class_members(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
 def class_budgets(labels: torch.Tensor, num_classes: int, k: int) -> torch.Tensor:
     """Per-class budgets proportional to class sizes, summing exactly to ``min(k, n)`` (CPU).
 
-    Largest-remainder rounding (:func:`strategies.random.stratified_quotas`).
+    Largest-remainder rounding (:func:`subsetlab.quotas.stratified_quotas`).
     """
-    # Imported here: importing strategies.random registers RandomStrategy, which must happen
-    # while its own entry point loads, not while this module's importer's does.
-    from strategies.random import stratified_quotas
-
     counts = torch.bincount(labels.cpu(), minlength=num_classes)
     return stratified_quotas(counts, k)
 

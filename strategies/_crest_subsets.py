@@ -2,8 +2,8 @@
 
 Three jobs, each vectorised over subsets and classes:
 
-* :func:`allocate_quotas` splits a budget over classes (largest remainder, capped by what each
-  class holds, the shortfall of scarce classes redistributed);
+* :func:`subset_quotas` splits a subset's size over classes (:func:`subsetlab.quotas.allocate_quotas`:
+  largest remainder, capped by what each class holds, the shortfall of scarce classes redistributed);
 * :class:`ClassPool` + :func:`draw_subsets` draw ``P`` class-stratified random subsets of size
   ``r`` from the active pool with one generator, by rejection of duplicates (``O(P r)`` work,
   not ``O(P N)``);
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from subsetlab.quotas import allocate_quotas
 from subsetlab.submodular import facility_location_batched
 
 __all__ = [
@@ -28,78 +29,6 @@ __all__ = [
     "minibatch_coresets",
     "subset_quotas",
 ]
-
-
-def _largest_remainder(weights: torch.Tensor, total: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
-    """One round of largest-remainder rounding of ``total`` over ``weights``, capped by ``cap``.
-
-    Integer-valued weights (class counts) are rounded in exact integer arithmetic, so ties
-    between equal remainders are real ties (broken toward the lower class id), not float
-    noise. Rows where the weights sum to 0 get nothing. The result may fall short of ``total``
-    where caps bind; :func:`allocate_quotas` repeats the round on the classes with room left.
-    """
-    if torch.equal(weights, weights.round()):
-        w = weights.long()
-        wsum = w.sum(1, keepdim=True)
-        num = w * total.unsqueeze(1)
-        floor = torch.div(num, wsum.clamp(min=1), rounding_mode="floor")
-        frac = (num - floor * wsum).double()  # remainders over a common denominator per row
-    else:
-        wsum = weights.sum(1, keepdim=True)
-        exact = weights / wsum.clamp(min=1e-300) * total.unsqueeze(1).double()
-        floor = torch.floor(exact).long()
-        frac = exact - floor.double()
-    floor = torch.where(wsum > 0, floor, torch.zeros_like(floor))
-    alloc = torch.minimum(floor, cap)
-    rest = total - alloc.sum(1)
-    room = (alloc < cap) & (weights > 0)
-    # Largest remainder first; ties to the lower class id (stable sort on -key).
-    key = torch.where(room, frac, torch.full_like(frac, -1.0))
-    order = torch.sort(-key, dim=1, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    extra = room & (rank < rest.unsqueeze(1))
-    return alloc + extra.long()
-
-
-def allocate_quotas(
-    counts: torch.Tensor, total: int | torch.Tensor, proportions: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-class quotas summing to ``total``, each at most the class's count.
-
-    Quotas are proportional to ``proportions`` (default: ``counts``), rounded by largest
-    remainder (ties to the lower class id). Where a class holds fewer members than its share,
-    the shortfall goes to the classes with members left, again in proportion (or evenly over
-    the classes with room when none of them has a positive proportion). Never fails: a row
-    asking for more than it holds gets everything it holds.
-
-    Args:
-        counts: ``[C]`` or ``[P, C]`` int members per class (per subset).
-        total: The budget per row (an int, or a ``[P]`` tensor).
-        proportions: ``[C]`` or ``[P, C]`` non-negative targets; None means ``counts``.
-
-    Returns:
-        int64 quotas of the shape of ``counts``; each row sums to ``min(total, counts.sum())``.
-    """
-    squeeze = counts.dim() == 1
-    cnt = counts.long().reshape(-1, counts.shape[-1])
-    P, C = cnt.shape
-    prop = cnt.double() if proportions is None else proportions.double().expand(P, C)
-    prop = prop.clamp(min=0.0)
-    want = torch.as_tensor(total, dtype=torch.long, device=cnt.device).expand(P)
-    want = torch.minimum(want, cnt.sum(1))
-    q = torch.zeros_like(cnt)
-    for _ in range(C + 1):  # every round fills the request or saturates at least one class
-        need = want - q.sum(1)
-        if not bool((need > 0).any()):
-            break
-        cap = cnt - q
-        room = cap > 0
-        w = prop * room
-        none = (w.sum(1) <= 0) & (need > 0)
-        w = torch.where(none.unsqueeze(1), room.double(), w)
-        q = q + _largest_remainder(w, need, cap)
-    return q[0] if squeeze else q
 
 
 def subset_quotas(pool_counts: torch.Tensor, r: int) -> torch.Tensor:

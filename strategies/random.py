@@ -9,6 +9,7 @@ from pydantic import Field
 
 from subsetlab.config import EpochwiseConfig
 from subsetlab.protocol import Capabilities, EpochwiseStrategy, Selection, TrainState
+from subsetlab.quotas import stratified_quotas
 from subsetlab.registry import register
 
 __all__ = ["RandomConfig", "RandomStrategy", "stratified_quotas"]
@@ -23,33 +24,6 @@ class RandomConfig(EpochwiseConfig):
         description="Draw per-class quotas proportional to class sizes (largest-remainder "
         "rounding, summing exactly to the budget) instead of one uniform draw.",
     )
-
-
-def stratified_quotas(counts: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-class quotas proportional to ``counts``, each <= its count, summing exactly to ``k``.
-
-    Largest-remainder rounding; ties go to the lower class id. ``k`` is clamped to
-    ``counts.sum()``.
-    """
-    counts = counts.long().cpu()
-    total = int(counts.sum())
-    k = min(int(k), total)
-    if total == 0 or k == 0:
-        return torch.zeros_like(counts)
-    exact = counts.double() * k / total
-    q = torch.floor(exact).long().clamp(max=counts)
-    rest = k - int(q.sum())
-    if rest > 0:
-        frac = exact - q.double()
-        frac[q >= counts] = -1.0
-        order = sorted(range(len(counts)), key=lambda c: (-float(frac[c]), c))
-        for c in order:
-            if rest == 0:
-                break
-            if q[c] < counts[c]:
-                q[c] += 1
-                rest -= 1
-    return q
 
 
 @register
