@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from strategies.random import stratified_quotas
 from subsetlab.config import EpochwiseConfig
 from subsetlab.embeddings import Embeddings
 from subsetlab.errors import SelectionError
@@ -386,10 +387,6 @@ def class_budgets(labels: torch.Tensor, num_classes: int, k: int) -> torch.Tenso
 
     Largest-remainder rounding (:func:`strategies.random.stratified_quotas`).
     """
-    # Imported here: importing strategies.random registers RandomStrategy, which must happen
-    # while its own entry point loads, not while this module's importer's does.
-    from strategies.random import stratified_quotas
-
     counts = torch.bincount(labels.cpu(), minlength=num_classes)
     return stratified_quotas(counts, k)
 

@@ -36,6 +36,7 @@ path ignored ``lam`` and ``eps`` and filled ~93% of the per-class subset at rand
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal
 
@@ -70,7 +71,6 @@ from subsetlab.config import StrategyConfig
 from subsetlab.embeddings import Embeddings
 from subsetlab.protocol import Capabilities, Selection, TrainState
 from subsetlab.greedi import greedi_nn_omp
-from subsetlab.registry import register
 from subsetlab.submodular import nn_omp
 
 __all__ = ["GradMatchConfig", "GradMatchStrategy", "gradmatch_selection"]
@@ -277,7 +277,6 @@ _GRADMATCH_NOTE = (
 )
 
 
-@register
 class GradMatchStrategy(BaselineStrategy):
     """GradMatch: non-negative OMP matching the (per-class or per-batch) gradient sum.
 
@@ -293,13 +292,12 @@ class GradMatchStrategy(BaselineStrategy):
         needs_validation=False, supports_distributed=True, distributed_note=_GRADMATCH_NOTE, stochastic=True
     )
 
-    def __init__(self, config: StrategyConfig | None = None, **overrides: Any) -> None:
-        super().__init__(config, **overrides)
-        if self.config.target == "val":
-            # an instance attribute: this configuration needs the validation split
-            self.capabilities = Capabilities(
-                needs_validation=True, supports_distributed=True, distributed_note=_GRADMATCH_NOTE, stochastic=True
-            )
+    @classmethod
+    def capabilities_for(cls, config: StrategyConfig) -> Capabilities:
+        """The class's capabilities, needing the validation split when ``target="val"``."""
+        if getattr(config, "target", "train") == "val":
+            return dataclasses.replace(cls.capabilities, needs_validation=True)
+        return cls.capabilities
 
     def select_subset(self, state: TrainState) -> Selection:
         """Embed the training (and validation) set, then :func:`gradmatch_selection` (GreeDi

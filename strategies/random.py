@@ -9,7 +9,6 @@ from pydantic import Field
 
 from subsetlab.config import EpochwiseConfig
 from subsetlab.protocol import Capabilities, EpochwiseStrategy, Selection, TrainState
-from subsetlab.registry import register
 
 __all__ = ["RandomConfig", "RandomStrategy", "stratified_quotas"]
 
@@ -52,7 +51,6 @@ def stratified_quotas(counts: torch.Tensor, k: int) -> torch.Tensor:
     return q
 
 
-@register
 class RandomStrategy(EpochwiseStrategy):
     """Adaptive random baseline ("random online"): a new uniform f*N subset every R pseudo-epochs.
 
