@@ -19,7 +19,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Generic, TypeVar
@@ -56,16 +56,16 @@ ENTRY_POINT_GROUP = "subsetlab.strategies"
 AUTOLOAD_ENV = "SUBSETLAB_DISABLE_PLUGIN_AUTOLOAD"
 LOCAL = "<local>"
 
-E = TypeVar("E")
+_E = TypeVar("_E")
 _NAME = re.compile(r"[a-z][a-z0-9_\-]*")
 
 
-def qualname(obj: Any) -> str:
+def _qualname(obj: Any) -> str:
     """``module.QualName`` of a registered class or function (for messages)."""
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-class Registry(Generic[E]):
+class Registry(Generic[_E]):
     """Names mapped to entries of one kind (strategy, dataset, model); thread-safe.
 
     Args:
@@ -81,16 +81,16 @@ class Registry(Generic[E]):
     def __init__(
         self,
         kind: str,
-        target: Callable[[E], Any],
-        describe: Callable[[E], str] | None = None,
+        target: Callable[[_E], Any],
+        describe: Callable[[_E], str] | None = None,
         before_lookup: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
         self.lock = threading.RLock()
         self._target = target
-        self._describe = describe or (lambda e: qualname(target(e)))
+        self._describe = describe or (lambda e: _qualname(target(e)))
         self._before_lookup = before_lookup
-        self._entries: dict[str, E] = {}
+        self._entries: dict[str, _E] = {}
 
     def check_name(self, name: Any, of: Any = None) -> str:
         """``name`` if it is a valid name, else a :class:`~subsetlab.errors.RegistryError`."""
@@ -102,7 +102,7 @@ class Registry(Generic[E]):
             )
         return name
 
-    def add(self, name: str, entry: E, *, keep_same: bool = False) -> E:
+    def add(self, name: str, entry: _E, *, keep_same: bool = False) -> _E:
         """Register ``entry`` under ``name`` and return the entry now registered there.
 
         The same target again replaces the entry (or keeps the old one with ``keep_same``);
@@ -114,7 +114,7 @@ class Registry(Generic[E]):
                 if self._target(old) is not self._target(entry):
                     raise DuplicateNameError(
                         f"A {self.kind} named {name!r} is already registered ({self._describe(old)}); "
-                        f"cannot register {qualname(self._target(entry))} under the same name. "
+                        f"cannot register {_qualname(self._target(entry))} under the same name. "
                         f"Rename one of them."
                     )
                 if keep_same:
@@ -127,7 +127,7 @@ class Registry(Generic[E]):
         with self.lock:
             self._entries.pop(name, None)
 
-    def find(self, name: str) -> E | None:
+    def find(self, name: str) -> _E | None:
         """The entry of ``name``, or None (no lookup hook, no error)."""
         with self.lock:
             return self._entries.get(name)
@@ -139,7 +139,7 @@ class Registry(Generic[E]):
         with self.lock:
             return sorted(self._entries)
 
-    def get(self, name: str) -> E:
+    def get(self, name: str) -> _E:
         """The entry of ``name``.
 
         Raises:
@@ -153,13 +153,6 @@ class Registry(Generic[E]):
             if entry is None:
                 raise UnknownNameError(unknown_name_message(self.kind, name, sorted(self._entries)))
             return entry
-
-    def __contains__(self, name: object) -> bool:
-        with self.lock:
-            return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
 
 class PluginLoadWarning(UserWarning):
@@ -191,7 +184,7 @@ def _ensure_loaded() -> None:
 _strategies: Registry[StrategyInfo] = Registry(
     "strategy",
     target=lambda i: i.cls,
-    describe=lambda i: f"{qualname(i.cls)} from {i.distribution}",
+    describe=lambda i: f"{_qualname(i.cls)} from {i.distribution}",
     before_lookup=_ensure_loaded,
 )
 _plugins_loaded = False
@@ -341,7 +334,7 @@ def _entry_point_problem(ep_name: str, obj: Any, before: set[str]) -> str | None
     old = _strategies.find(ep_name)
     if old is not None and old.cls is not obj and ep_name in before:
         return (
-            f"a strategy named {ep_name!r} is already registered ({qualname(old.cls)} from "
+            f"a strategy named {ep_name!r} is already registered ({_qualname(old.cls)} from "
             f"{old.distribution}). Rename the plugin's strategy and its entry point."
         )
     return None

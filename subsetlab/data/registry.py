@@ -66,6 +66,8 @@ AvailabilityCheck = Callable[[DataConfig], None]
 
 @dataclass(frozen=True)
 class _Dataset:
+    """A registered loader and its optional availability check."""
+
     loader: Loader
     check: AvailabilityCheck | None = None
 
@@ -116,6 +118,21 @@ def unregister_dataset(name: str) -> None:
     _datasets.remove(name)
 
 
+def get_loader(name: str) -> Loader:
+    """The loader registered under ``name``.
+
+    Raises:
+        UnknownNameError: when no dataset has that name (a ``ConfigError``); the message lists
+            the registered names and the closest match.
+    """
+    return _datasets.get(name).loader
+
+
+def list_datasets() -> list[str]:
+    """Sorted names of every registered dataset."""
+    return _datasets.names()
+
+
 def check_available(config: DataConfig) -> None:
     """Check, without loading it, that the data set of ``config`` can be loaded: its name is
     registered and, for a data set read from files, the files are where they will be looked
@@ -130,21 +147,6 @@ def check_available(config: DataConfig) -> None:
     check = _datasets.get(config.name).check
     if check is not None:
         check(config)
-
-
-def list_datasets() -> list[str]:
-    """Sorted names of every registered dataset."""
-    return _datasets.names()
-
-
-def get_loader(name: str) -> Loader:
-    """The loader registered under ``name``.
-
-    Raises:
-        UnknownNameError: when no dataset has that name (a ``ConfigError``); the message lists
-            the registered names and the closest match.
-    """
-    return _datasets.get(name).loader
 
 
 class NoOptions(FrozenConfig):
