@@ -8,7 +8,6 @@ import torch
 
 from subsetlab.config import StrategyConfig
 from subsetlab.protocol import Capabilities, Selection, SelectionStrategy, TrainState
-from subsetlab.registry import register
 
 __all__ = ["FullData", "FullDataConfig", "SGDTruncated", "SGDTruncatedConfig"]
 
@@ -19,7 +18,6 @@ class FullDataConfig(StrategyConfig):
     name: Literal["full"] = "full"
 
 
-@register
 class FullData(SelectionStrategy):
     """Full-data reference run: every example, weight 1, budget fraction taken as 1.
 
@@ -45,7 +43,6 @@ class SGDTruncatedConfig(StrategyConfig):
     name: Literal["sgd-truncated"] = "sgd-truncated"
 
 
-@register
 class SGDTruncated(FullData):
     """Full-data SGD in the full run's order and LR schedule, stopped when the budget is spent.
 

@@ -65,7 +65,6 @@ from strategies._common import (
 )
 from subsetlab.embeddings import Embeddings
 from subsetlab.protocol import Capabilities, Selection, TrainState
-from subsetlab.registry import register
 from subsetlab.greedi import greedi_facility_location
 from subsetlab.submodular import select_facility_location
 
@@ -212,7 +211,6 @@ def _ratio(w: torch.Tensor) -> float:
     return float(w.max() / w.double().mean()) if w.numel() else 0.0
 
 
-@register
 class CraigStrategy(BaselineStrategy):
     """CRAIG: per-class (or per-batch) facility location on gradient embeddings.
 

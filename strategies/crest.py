@@ -74,7 +74,6 @@ from subsetlab.protocol import (
     StepInfo,
     TrainState,
 )
-from subsetlab.registry import register
 from subsetlab.seeding import torch_generator
 
 __all__ = ["PRESETS", "CrestConfig", "CrestStrategy", "next_t1_and_p"]
@@ -346,7 +345,6 @@ class _PendingFit:
     lr: float
 
 
-@register
 class CrestStrategy(SelectionStrategy):
     """CREST: mini-batch coresets from random subsets, re-selected when a quadratic loss model fails.
 

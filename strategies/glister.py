@@ -95,7 +95,6 @@ from strategies._common import (
 )
 from subsetlab.embeddings import Embeddings
 from subsetlab.protocol import Capabilities, Selection, TrainState
-from subsetlab.registry import register
 
 __all__ = [
     "GlisterConfig",
@@ -483,7 +482,6 @@ def glister_selection(
     return Selection.uniform(emb.indices[res.ranking].cpu(), **diagnostics)
 
 
-@register
 class GlisterStrategy(BaselineStrategy):
     """Glister: greedy Taylor-gain selection against the validation loss, all weights 1.
 

@@ -36,6 +36,7 @@ path ignored ``lam`` and ``eps`` and filled ~93% of the per-class subset at rand
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal
 
@@ -70,7 +71,6 @@ from subsetlab.config import StrategyConfig
 from subsetlab.embeddings import Embeddings
 from subsetlab.protocol import Capabilities, Selection, TrainState
 from subsetlab.greedi import greedi_nn_omp
-from subsetlab.registry import register
 from subsetlab.submodular import nn_omp
 
 __all__ = ["GradMatchConfig", "GradMatchStrategy", "gradmatch_selection"]
@@ -154,6 +154,62 @@ def _mean_atom(g: torch.Tensor, h: torch.Tensor | None, variant: str, kind: str,
     return torch.cat([g.mean(0), (g.T @ h).flatten() / n])
 
 
+class _Omp:
+    """NN-OMP of one selection's problems, summing their residuals for the diagnostics."""
+
+    def __init__(self, lam: float, eps: float) -> None:
+        self.lam, self.eps = lam, eps
+        self.res_sq, self.tgt_sq = 0.0, 0.0
+
+    def __call__(self, A: torch.Tensor, b: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, w = nn_omp(A, b, budget, lam=self.lam, eps=self.eps)
+        r = b.double() - (w.double() @ A[idx].double() if idx.numel() else 0.0)
+        self.res_sq += float(r @ r)
+        self.tgt_sq += float(b.double() @ b.double())
+        return idx, w.float()
+
+    @property
+    def residual(self) -> float:
+        """Relative residual over every problem solved so far."""
+        return _rel(self.res_sq, self.tgt_sq)
+
+
+def _per_batch_selection(
+    emb: Embeddings,
+    g: torch.Tensor,
+    h: torch.Tensor | None,
+    k: int,
+    batch_size: int,
+    config: GradMatchConfig,
+    generator: torch.Generator,
+    order: torch.Tensor | None,
+    val_mean: torch.Tensor | None,
+    solve: _Omp,
+) -> Selection:
+    """The ``per_batch`` variant of :func:`gradmatch_selection` (``val_mean``: the mean
+    validation atom when ``target="val"``)."""
+    kind = config.embedding
+    if order is None:
+        order = torch.randperm(g.shape[0], generator=generator)
+    rows = batch_rows(order, batch_size)
+    A = batch_means(g, h, rows, kind)
+    nb = A.shape[0]
+    m = min(math.ceil(k / batch_size), nb)
+    b = val_mean * nb if val_mean is not None else A.sum(0)
+    idx, w = solve(A, b, m)
+    fill = random_fill(torch.arange(nb, device=A.device), idx, m - idx.shape[0], generator)
+    chosen = torch.cat([idx, fill])
+    raw = torch.cat([w, torch.ones(fill.shape[0], device=w.device)])
+    weights, clipped = clip_weights(raw, config.max_weight)
+    return batch_selection(
+        emb.indices, rows, chosen, weights,
+        variant="per_batch", batches=int(m), omp_selected=int(idx.shape[0]),
+        random_fill=int(fill.shape[0]), residual=solve.residual,
+        max_weight_ratio=_ratio(raw), clipped=clipped,
+        completed_rows=completed_rows(g.shape[0], batch_size),
+    )
+
+
 def gradmatch_selection(
     emb: Embeddings,
     k: int,
@@ -190,37 +246,10 @@ def gradmatch_selection(
         raise ValueError("target='val' needs the validation embeddings (val=)")
     gv = as_float(val.grads) if use_val else None
     hv = as_float(val.features) if use_val else None
-    res_sq, tgt_sq = 0.0, 0.0
-
-    def solve(A: torch.Tensor, b: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal res_sq, tgt_sq
-        idx, w = nn_omp(A, b, budget, lam=config.lam, eps=config.eps)
-        r = b.double() - (w.double() @ A[idx].double() if idx.numel() else 0.0)
-        res_sq += float(r @ r)
-        tgt_sq += float(b.double() @ b.double())
-        return idx, w.float()
-
+    solve = _Omp(config.lam, config.eps)
     if variant == "per_batch":
-        if order is None:
-            order = torch.randperm(g.shape[0], generator=generator)
-        rows = batch_rows(order, batch_size)
-        A = batch_means(g, h, rows, kind)
-        nb = A.shape[0]
-        m = min(math.ceil(k / batch_size), nb)
-        b = _mean_atom(gv, hv, variant, kind, 0) * nb if use_val else A.sum(0)
-        idx, w = solve(A, b, m)
-        fill = random_fill(torch.arange(nb, device=A.device), idx, m - idx.shape[0], generator)
-        chosen = torch.cat([idx, fill])
-        weights = torch.cat([w, torch.ones(fill.shape[0], device=w.device)])
-        raw = weights
-        weights, clipped = clip_weights(weights, config.max_weight)
-        return batch_selection(
-            emb.indices, rows, chosen, weights,
-            variant="per_batch", batches=int(m), omp_selected=int(idx.shape[0]),
-            random_fill=int(fill.shape[0]), residual=_rel(res_sq, tgt_sq),
-            max_weight_ratio=_ratio(raw), clipped=clipped,
-            completed_rows=completed_rows(g.shape[0], batch_size),
-        )
+        target = _mean_atom(gv, hv, variant, kind, 0) if use_val else None
+        return _per_batch_selection(emb, g, h, k, batch_size, config, generator, order, target, solve)
 
     num_classes = g.shape[1]
     budgets = class_budgets(emb.labels, num_classes, k)
@@ -252,7 +281,7 @@ def gradmatch_selection(
         "budgets": budgets.tolist(),
         "omp_selected": n_omp,
         "random_fill": n_fill,
-        "residual": _rel(res_sq, tgt_sq),
+        "residual": solve.residual,
         "max_weight_ratio": _ratio(raw),
         "clipped": clipped,
     }
@@ -277,7 +306,6 @@ _GRADMATCH_NOTE = (
 )
 
 
-@register
 class GradMatchStrategy(BaselineStrategy):
     """GradMatch: non-negative OMP matching the (per-class or per-batch) gradient sum.
 
@@ -293,13 +321,12 @@ class GradMatchStrategy(BaselineStrategy):
         needs_validation=False, supports_distributed=True, distributed_note=_GRADMATCH_NOTE, stochastic=True
     )
 
-    def __init__(self, config: StrategyConfig | None = None, **overrides: Any) -> None:
-        super().__init__(config, **overrides)
-        if self.config.target == "val":
-            # an instance attribute: this configuration needs the validation split
-            self.capabilities = Capabilities(
-                needs_validation=True, supports_distributed=True, distributed_note=_GRADMATCH_NOTE, stochastic=True
-            )
+    @classmethod
+    def capabilities_for(cls, config: StrategyConfig) -> Capabilities:
+        """The class's capabilities, needing the validation split when ``target="val"``."""
+        if getattr(config, "target", "train") == "val":
+            return dataclasses.replace(cls.capabilities, needs_validation=True)
+        return cls.capabilities
 
     def select_subset(self, state: TrainState) -> Selection:
         """Embed the training (and validation) set, then :func:`gradmatch_selection` (GreeDi

@@ -10,7 +10,6 @@ from pydantic import Field
 from subsetlab.config import EpochwiseConfig
 from subsetlab.protocol import Capabilities, EpochwiseStrategy, Selection, TrainState
 from subsetlab.quotas import stratified_quotas
-from subsetlab.registry import register
 
 __all__ = ["RandomConfig", "RandomStrategy", "stratified_quotas"]
 
@@ -26,7 +25,6 @@ class RandomConfig(EpochwiseConfig):
     )
 
 
-@register
 class RandomStrategy(EpochwiseStrategy):
     """Adaptive random baseline ("random online"): a new uniform f*N subset every R pseudo-epochs.
 

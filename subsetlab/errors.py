@@ -11,7 +11,9 @@ __all__ = [
     "SubsetlabError",
     "ConfigError",
     "RegistryError",
+    "DuplicateNameError",
     "DuplicateStrategyError",
+    "UnknownNameError",
     "UnknownStrategyError",
     "DataError",
     "MissingDataError",
@@ -42,22 +44,27 @@ class ConfigError(SubsetlabError, ValueError):
 
 
 class RegistryError(SubsetlabError, ValueError):
-    """Base class of strategy-registry errors."""
+    """Base class of the registries' errors (strategies, datasets, models)."""
 
 
-class DuplicateStrategyError(RegistryError):
-    """A strategy name was registered twice."""
+class DuplicateNameError(RegistryError):
+    """A name was registered twice (a strategy, dataset or model)."""
 
 
-class UnknownStrategyError(RegistryError, ConfigError, KeyError):
-    """A strategy name is not registered; the message lists the known names.
+class UnknownNameError(RegistryError, ConfigError, KeyError):
+    """A name is not registered (a strategy, dataset or model); the message lists the known names.
 
-    Also a :class:`ConfigError`: a strategy name is part of a configuration, so a caller
-    validating configs catches one exception class for every bad value, the name included.
+    Also a :class:`ConfigError`: a name is part of a configuration, so a caller validating
+    configs catches one exception class for every bad value, the name included.
     """
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else ""
+
+
+#: The names these errors had when only the strategy registry raised them.
+DuplicateStrategyError = DuplicateNameError
+UnknownStrategyError = UnknownNameError
 
 
 class DataError(SubsetlabError, ValueError):

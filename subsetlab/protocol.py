@@ -473,14 +473,26 @@ class SelectionStrategy:
     Attributes:
         name: Registered name; equals ``Config``'s ``name`` default.
         Config: The frozen pydantic config class.
-        capabilities: Declared :class:`Capabilities`.
+        capabilities: Declared :class:`Capabilities`: on the class, those of every config (the
+            default of :meth:`capabilities_for`); on an instance, those of its config.
         config: The validated config instance.
         ctx: The :class:`SelectionContext`, set by :meth:`setup`.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[StrategyConfig]]
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities: Capabilities = Capabilities()
+
+    @classmethod
+    def capabilities_for(cls, config: StrategyConfig) -> Capabilities:
+        """The :class:`Capabilities` of a run of this strategy with ``config``.
+
+        The trainer, the suite and the conformance checks all ask here, so they agree. The
+        default is the class attribute ``capabilities``; override this classmethod when a
+        config changes what the strategy needs (GradMatch's ``target="val"`` needs the
+        validation split).
+        """
+        return cls.capabilities
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any) -> None:
         from subsetlab.config import validate
@@ -495,6 +507,7 @@ class SelectionStrategy:
                 f"{type(config).__name__} instead."
             )
         self.config = config
+        self.capabilities = self.capabilities_for(config)
         self.ctx: SelectionContext | None = None
 
     def __repr__(self) -> str:

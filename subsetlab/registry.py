@@ -1,9 +1,16 @@
-"""The strategy registry: ``register``, ``get``, ``list_strategies``, ``create``.
+"""The registries: one generic :class:`Registry`, and the strategy registry built on it.
 
-Built-in and third-party strategies arrive the same way: through the entry-point group
-``subsetlab.strategies``, loaded lazily on the first lookup. Set the environment variable
-``SUBSETLAB_DISABLE_PLUGIN_AUTOLOAD=1`` to turn that off (then register by hand or call
-:func:`load_plugins` with ``force=True``).
+:class:`Registry` maps names to entries for strategies (this module), data sets
+(:mod:`subsetlab.data.registry`) and models (:mod:`subsetlab.models.registry`): the same name
+rule, the same duplicate rule (:class:`~subsetlab.errors.DuplicateNameError`) and the same
+unknown-name error (:class:`~subsetlab.errors.UnknownNameError`, with a did-you-mean and the
+list of registered names).
+
+Strategies: ``register``, ``get``, ``list_strategies``, ``create``. Built-in and third-party
+strategies arrive the same way: through the entry-point group ``subsetlab.strategies``, loaded
+lazily on the first lookup; ``@register`` adds a class defined in user code (a script, a
+notebook, a test). Set the environment variable ``SUBSETLAB_DISABLE_PLUGIN_AUTOLOAD=1`` to turn
+loading off (then register by hand or call :func:`load_plugins` with ``force=True``).
 """
 
 from __future__ import annotations
@@ -12,16 +19,17 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from subsetlab.config import StrategyConfig, validate
 from subsetlab.errors import (
     ConfigError,
-    DuplicateStrategyError,
+    DuplicateNameError,
     RegistryError,
-    UnknownStrategyError,
+    UnknownNameError,
     unknown_name_message,
 )
 
@@ -29,6 +37,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AUTOLOAD_ENV",
     "PluginLoadWarning",
+    "Registry",
     "StrategyInfo",
     "register",
     "unregister",
@@ -38,12 +47,112 @@ __all__ = [
     "make_config",
     "create",
     "load_plugins",
+    "defining_module",
+    "ensure_registered",
     "parse_override",
 ]
 
 ENTRY_POINT_GROUP = "subsetlab.strategies"
 AUTOLOAD_ENV = "SUBSETLAB_DISABLE_PLUGIN_AUTOLOAD"
 LOCAL = "<local>"
+
+_E = TypeVar("_E")
+_NAME = re.compile(r"[a-z][a-z0-9_\-]*")
+
+
+def _qualname(obj: Any) -> str:
+    """``module.QualName`` of a registered class or function (for messages)."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+class Registry(Generic[_E]):
+    """Names mapped to entries of one kind (strategy, dataset, model); thread-safe.
+
+    Args:
+        kind: What is registered, in messages: ``"strategy"``, ``"dataset"``, ``"model"``.
+        target: The registered object of an entry (its class or function): registering the
+            same object twice is a no-op, another object under a taken name raises.
+        describe: How an entry already registered is named in the duplicate message
+            (default: the module and qualified name of its target).
+        before_lookup: Called before every lookup and listing (the strategy registry loads its
+            entry points there).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        target: Callable[[_E], Any],
+        describe: Callable[[_E], str] | None = None,
+        before_lookup: Callable[[], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.lock = threading.RLock()
+        self._target = target
+        self._describe = describe or (lambda e: _qualname(target(e)))
+        self._before_lookup = before_lookup
+        self._entries: dict[str, _E] = {}
+
+    def check_name(self, name: Any, of: Any = None) -> str:
+        """``name`` if it is a valid name, else a :class:`~subsetlab.errors.RegistryError`."""
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            whose = f" of {getattr(of, '__name__', of)!r}" if of is not None else ""
+            raise RegistryError(
+                f"{self.kind.capitalize()} name {name!r}{whose} is invalid: use lower-case letters, "
+                f"digits, '-' and '_', starting with a letter."
+            )
+        return name
+
+    def add(self, name: str, entry: _E, *, keep_same: bool = False) -> _E:
+        """Register ``entry`` under ``name`` and return the entry now registered there.
+
+        The same target again replaces the entry (or keeps the old one with ``keep_same``);
+        another target raises :class:`~subsetlab.errors.DuplicateNameError`.
+        """
+        with self.lock:
+            old = self._entries.get(name)
+            if old is not None:
+                if self._target(old) is not self._target(entry):
+                    raise DuplicateNameError(
+                        f"A {self.kind} named {name!r} is already registered ({self._describe(old)}); "
+                        f"cannot register {_qualname(self._target(entry))} under the same name. "
+                        f"Rename one of them."
+                    )
+                if keep_same:
+                    return old
+            self._entries[name] = entry
+            return entry
+
+    def remove(self, name: str) -> None:
+        """Remove ``name`` (no error when it is not registered)."""
+        with self.lock:
+            self._entries.pop(name, None)
+
+    def find(self, name: str) -> _E | None:
+        """The entry of ``name``, or None (no lookup hook, no error)."""
+        with self.lock:
+            return self._entries.get(name)
+
+    def names(self) -> list[str]:
+        """Sorted registered names."""
+        if self._before_lookup is not None:
+            self._before_lookup()
+        with self.lock:
+            return sorted(self._entries)
+
+    def get(self, name: str) -> _E:
+        """The entry of ``name``.
+
+        Raises:
+            UnknownNameError: no entry has that name; the message suggests the closest name and
+                lists the registered ones.
+        """
+        if self._before_lookup is not None:
+            self._before_lookup()
+        with self.lock:
+            entry = self._entries.get(name)
+            if entry is None:
+                raise UnknownNameError(unknown_name_message(self.kind, name, sorted(self._entries)))
+            return entry
 
 
 class PluginLoadWarning(UserWarning):
@@ -67,10 +176,18 @@ class StrategyInfo:
         return doc.splitlines()[0] if doc else ""
 
 
-_lock = threading.RLock()
-_registry: dict[str, StrategyInfo] = {}
+def _ensure_loaded() -> None:
+    if not _plugins_loaded:
+        load_plugins()
+
+
+_strategies: Registry[StrategyInfo] = Registry(
+    "strategy",
+    target=lambda i: i.cls,
+    describe=lambda i: f"{_qualname(i.cls)} from {i.distribution}",
+    before_lookup=_ensure_loaded,
+)
 _plugins_loaded = False
-_loading_dist: tuple[str, str, str] | None = None  # (distribution, version, entry point) during load
 
 
 def _check_strategy_class(cls: Any, name: str) -> None:
@@ -100,46 +217,30 @@ def _check_strategy_class(cls: Any, name: str) -> None:
         )
 
 
+def _add_strategy(cls: Any, name: str | None, source: tuple[str, str, str | None]) -> type:
+    n = _strategies.check_name(name or getattr(cls, "name", None), of=cls)
+    _check_strategy_class(cls, n)
+    _strategies.add(n, StrategyInfo(n, cls, *source), keep_same=source[0] == LOCAL)
+    return cls
+
+
 def register(cls: type | None = None, *, name: str | None = None) -> Any:
-    """Register a strategy class under its ``name`` (usable as ``@register`` or ``@register()``).
+    """Register a strategy class of user code under its ``name`` (``@register`` or ``@register()``).
 
     Registering the same class twice is a no-op; another class under a taken name raises
-    :class:`~subsetlab.errors.DuplicateStrategyError`.
+    :class:`~subsetlab.errors.DuplicateNameError`. A distributed strategy is declared through
+    an entry point instead (:func:`load_plugins`).
     """
 
     def deco(c: type) -> type:
-        n = name or getattr(c, "name", None)
-        if not isinstance(n, str) or not re.fullmatch(r"[a-z][a-z0-9_\-]*", n):
-            raise RegistryError(
-                f"Strategy name {n!r} of {getattr(c, '__name__', c)!r} is invalid: use lower-case "
-                f"letters, digits, '-' and '_', starting with a letter."
-            )
-        _check_strategy_class(c, n)
-        with _lock:
-            old = _registry.get(n)
-            if old is not None:
-                if old.cls is c:
-                    if _loading_dist is not None and old.distribution == LOCAL:
-                        _registry[n] = StrategyInfo(n, c, _loading_dist[0], _loading_dist[1])
-                    return c
-                raise DuplicateStrategyError(
-                    f"A strategy named {n!r} is already registered ({old.cls.__module__}."
-                    f"{old.cls.__qualname__} from {old.distribution}); cannot register "
-                    f"{c.__module__}.{c.__qualname__} under the same name. Rename one of them."
-                )
-            # the entry point itself is recorded by load_plugins for its own target only: a
-            # plugin module may import (and so register) other strategies while it loads
-            src = _loading_dist[:2] if _loading_dist is not None else (LOCAL, "")
-            _registry[n] = StrategyInfo(n, c, *src)
-        return c
+        return _add_strategy(c, name, (LOCAL, "", None))
 
     return deco(cls) if cls is not None else deco
 
 
 def unregister(name: str) -> None:
     """Remove ``name`` from the registry (for tests and interactive use)."""
-    with _lock:
-        _registry.pop(name, None)
+    _strategies.remove(name)
 
 
 def load_plugins(force: bool = False) -> list[str]:
@@ -157,50 +258,60 @@ def load_plugins(force: bool = False) -> list[str]:
     whose ``name`` differs from its entry point's name; a name already registered by another
     class (a built-in's included).
     """
-    global _plugins_loaded, _loading_dist
-    with _lock:
+    global _plugins_loaded
+    with _strategies.lock:
         if _plugins_loaded and not force:
             return []
         if os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0", "false", "False") and not force:
             return []
         _plugins_loaded = True
-        before = set(_registry)
+        before = set(_strategies.names())
         # subsetlab's own strategies first, so a plugin can never shadow a built-in name
         eps = sorted(
             metadata.entry_points(group=ENTRY_POINT_GROUP),
             key=lambda e: (_dist_name(e) != "subsetlab", e.name),
         )
         for ep in eps:
-            dist = getattr(ep, "dist", None)
-            dname = _dist_name(ep)
-            dver = dist.version if dist is not None else ""
-            who = f"Strategy plugin {ep.name!r} ({ep.value}) from distribution {dname!r} {dver}".rstrip()
-            _loading_dist = (dname, dver, ep.value)
-            added_here = set(_registry)
-            try:
-                obj = ep.load()
-                problem = _entry_point_problem(ep.name, obj, added_here)
-                if problem is None:
-                    register(obj, name=ep.name)
-                    _registry[ep.name] = StrategyInfo(ep.name, obj, dname, dver, ep.value)
-                else:
-                    # a class the module registered itself under another name while it loaded
-                    # stays out too: the entry point's name is the registered name
-                    for n in set(_registry) - added_here:
-                        if _registry[n].cls is obj:
-                            del _registry[n]
-                    warnings.warn(f"{who} was not registered: {problem}", PluginLoadWarning, stacklevel=2)
-            except DuplicateStrategyError as exc:
-                warnings.warn(f"{who} was not registered: {exc}", PluginLoadWarning, stacklevel=2)
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not break subsetlab
-                warnings.warn(
-                    f"{who} failed to load: {type(exc).__name__}: {exc}",
-                    PluginLoadWarning,
-                    stacklevel=2,
-                )
-            finally:
-                _loading_dist = None
-        return sorted(set(_registry) - before)
+            _load_entry_point(ep)
+        return sorted(set(_strategies.names()) - before)
+
+
+def _load_entry_point(ep: metadata.EntryPoint) -> None:
+    """Register the class of one entry point, or warn (:class:`PluginLoadWarning`) why not."""
+    dist = getattr(ep, "dist", None)
+    dname, dver = _dist_name(ep), (dist.version if dist is not None else "")
+    who = f"Strategy plugin {ep.name!r} ({ep.value}) from distribution {dname!r} {dver}".rstrip()
+    known = set(_strategies.names())
+    try:
+        try:
+            obj = ep.load()
+        finally:  # classes the module registered itself (@register) come from its distribution
+            added = _claim(set(_strategies.names()) - known, dname, dver)
+        problem = _entry_point_problem(ep.name, obj, known)
+        if problem is not None:
+            # a class the module registered itself under another name stays out too: the
+            # entry point's name is the registered name
+            for n in added:
+                if _strategies.get(n).cls is obj:
+                    unregister(n)
+            warnings.warn(f"{who} was not registered: {problem}", PluginLoadWarning, stacklevel=3)
+            return
+        _add_strategy(obj, ep.name, (dname, dver, ep.value))
+    except DuplicateNameError as exc:
+        warnings.warn(f"{who} was not registered: {exc}", PluginLoadWarning, stacklevel=3)
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not break subsetlab
+        warnings.warn(
+            f"{who} failed to load: {type(exc).__name__}: {exc}",
+            PluginLoadWarning,
+            stacklevel=3,
+        )
+
+
+def _claim(names: set[str], dist: str, version: str) -> set[str]:
+    """Record the strategies ``names``, registered while a plugin loaded, as its distribution's."""
+    for n in names:
+        _strategies.add(n, StrategyInfo(n, _strategies.get(n).cls, dist, version))
+    return names
 
 
 def _entry_point_problem(ep_name: str, obj: Any, before: set[str]) -> str | None:
@@ -220,12 +331,11 @@ def _entry_point_problem(ep_name: str, obj: Any, before: set[str]) -> str | None
             f"entry point to {cls_name!r} (in [project.entry-points.\"{ENTRY_POINT_GROUP}\"]) "
             f"or the strategy (its name and its Config's name) to {ep_name!r}."
         )
-    old = _registry.get(ep_name)
+    old = _strategies.find(ep_name)
     if old is not None and old.cls is not obj and ep_name in before:
         return (
-            f"a strategy named {ep_name!r} is already registered ({old.cls.__module__}."
-            f"{old.cls.__qualname__} from {old.distribution}). Rename the plugin's strategy and "
-            f"its entry point."
+            f"a strategy named {ep_name!r} is already registered ({_qualname(old.cls)} from "
+            f"{old.distribution}). Rename the plugin's strategy and its entry point."
         )
     return None
 
@@ -235,36 +345,48 @@ def _dist_name(ep: metadata.EntryPoint) -> str:
     return dist.metadata["Name"] if dist is not None else "unknown distribution"
 
 
-def _ensure_loaded() -> None:
-    if not _plugins_loaded:
-        load_plugins()
-
-
 def list_strategies() -> list[str]:
     """Sorted names of every registered strategy (loads plugins on first use)."""
-    _ensure_loaded()
-    return sorted(_registry)
+    return _strategies.names()
 
 
 def info(name: str | None = None) -> StrategyInfo | list[StrategyInfo]:
     """:class:`StrategyInfo` of ``name``, or of every strategy when ``name`` is None."""
-    _ensure_loaded()
     if name is None:
-        return [_registry[n] for n in sorted(_registry)]
-    return _lookup(name)
-
-
-def _lookup(name: str) -> StrategyInfo:
-    _ensure_loaded()
-    try:
-        return _registry[name]
-    except KeyError:
-        raise UnknownStrategyError(unknown_name_message("strategy", name, sorted(_registry))) from None
+        return [_strategies.get(n) for n in _strategies.names()]
+    return _strategies.get(name)
 
 
 def get(name: str) -> type:
-    """The strategy class registered under ``name``."""
-    return _lookup(name).cls
+    """The strategy class registered under ``name``.
+
+    Raises:
+        UnknownNameError: no strategy has that name (a ``KeyError`` and a ``ConfigError``).
+    """
+    return _strategies.get(name).cls
+
+
+def defining_module(name: str) -> str | None:
+    """The module a fresh process must import to register the strategy ``name``.
+
+    None for a strategy from an entry point (every process loads those), for one defined in
+    ``__main__``, and for an unknown name (the process that runs it reports that itself).
+    """
+    try:
+        entry = _strategies.get(name)
+    except UnknownNameError:
+        return None
+    if entry.distribution != LOCAL or entry.cls.__module__ == "__main__":
+        return None
+    return entry.cls.__module__
+
+
+def ensure_registered(name: str, module: str | None) -> None:
+    """Import ``module`` (from :func:`defining_module`) unless ``name`` is registered already."""
+    if module and module != "__main__" and name not in list_strategies():
+        import importlib
+
+        importlib.import_module(module)
 
 
 _OVERRIDE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(?:\[(.*)\])?\s*$", re.S)
@@ -331,7 +453,7 @@ def make_config(spec: str | dict[str, Any] | StrategyConfig, **overrides: Any) -
     """Validate a strategy config given as a name, ``"name[k=v]"``, a mapping or an instance.
 
     Raises:
-        UnknownStrategyError: the name is not registered.
+        UnknownNameError: the name is not registered.
         ConfigError: a parameter is unknown or out of range.
     """
     if isinstance(spec, StrategyConfig):

@@ -339,7 +339,7 @@ class Trainer:
                 of checkpoint/resume.
         """
         cfg = self.config
-        caps = strategy.capabilities
+        caps = strategy.capabilities_for(strategy.config)
         name = strategy.name
         _check_splits(data)
         from subsetlab.models.check import check_model  # logits from the last nn.Linear, no softmax
@@ -383,7 +383,7 @@ class Trainer:
         train = data.train.to(device) if on_device else data.train
         val = data.val.to(device) if (on_device and data.val is not None) else data.val
         test = data.test.to(device) if on_device else data.test
-        budget = Budget.make(len(train), cfg.fraction, cfg.batch_size, cfg.epochs, strategy.capabilities.budget)
+        budget = Budget.make(len(train), cfg.fraction, cfg.batch_size, cfg.epochs, strategy.capabilities_for(strategy.config).budget)
         S, total = budget.steps_per_epoch, budget.total_steps
         # rows per step: B, or the whole budget when it is smaller than one batch, so that every
         # strategy (SGD-truncated's full-size selection included) spends f*N*E backprops

@@ -138,6 +138,26 @@ class EveryOther(SelectionStrategy):
 
 BROKEN = "raise ImportError('this plugin is broken on purpose')\n"
 
+TWO_IN_ONE = """
+from typing import Literal
+from subsetlab import SelectionStrategy, StrategyConfig, register
+
+class MainOneConfig(StrategyConfig):
+    name: Literal["main-one"] = "main-one"
+
+class MainOne(SelectionStrategy):
+    name = "main-one"
+    Config = MainOneConfig
+
+class ExtraOneConfig(StrategyConfig):
+    name: Literal["extra-one"] = "extra-one"
+
+@register
+class ExtraOne(SelectionStrategy):
+    name = "extra-one"
+    Config = ExtraOneConfig
+"""
+
 DUPLICATE = """
 from typing import Literal
 from subsetlab import SelectionStrategy, StrategyConfig, register
@@ -174,6 +194,7 @@ def plugin_path(tmp_path_factory) -> Path:
     _make_dist(root, "subsetlab-every-other", "every_other_plugin", GOOD, {"every-other": "every_other_plugin:EveryOther"})
     _make_dist(root, "broken-plugin", "broken_plugin", BROKEN, {"broken": "broken_plugin:Nothing"})
     _make_dist(root, "dup-plugin", "dup_plugin", DUPLICATE, {"random-again": "dup_plugin:RandomAgain"})
+    _make_dist(root, "two-in-one", "two_in_one_plugin", TWO_IN_ONE, {"main-one": "two_in_one_plugin:MainOne"})
     return root
 
 
@@ -182,6 +203,12 @@ def test_entry_point_plugin_is_discovered_with_its_distribution(plugin_path):
     assert "every-other" in got["names"]
     assert got["src"]["every-other"] == ["subsetlab-every-other", "1.2.3"]
     assert got["src"]["random"][0] == "subsetlab"  # the built-ins come through the same door
+
+
+def test_a_class_a_plugin_registers_itself_while_it_loads_is_attributed_to_its_distribution(plugin_path):
+    got = _probe(plugin_path)
+    assert got["src"]["main-one"] == ["two-in-one", "1.2.3"]
+    assert got["src"]["extra-one"] == ["two-in-one", "1.2.3"]
 
 
 def test_broken_and_duplicate_plugins_become_warnings_naming_the_distribution(plugin_path):
@@ -202,3 +229,38 @@ def test_import_subsetlab_is_cheap():
     code = "import sys, subsetlab; print(json.dumps(sorted(m for m in ('torch','strategies','sklearn','apricot','matplotlib') if m in sys.modules)))"
     out = subprocess.check_output([sys.executable, "-c", "import json;" + code], text=True)
     assert json.loads(out) == []
+
+
+# ----------------------------------------------------------- one registry, one unknown-name error
+
+
+def test_strategies_datasets_and_models_raise_the_same_unknown_name_error():
+    from subsetlab.data import get_loader
+    from subsetlab.errors import UnknownNameError
+    from subsetlab.models import model_info
+
+    for lookup, typo, close in ((registry.get, "rnadom", "random"), (get_loader, "digitz", "digits"), (model_info, "mlpp", "mlp")):
+        with pytest.raises(UnknownNameError) as exc:
+            lookup(typo)
+        assert isinstance(exc.value, (ConfigError, KeyError, RegistryError))
+        assert f"Did you mean {close!r}?" in str(exc.value) and "Registered " in str(exc.value)
+    assert UnknownStrategyError is UnknownNameError
+
+
+def test_importing_a_builtin_module_registers_nothing():
+    code = (
+        "import json, strategies.random, strategies.crest; from subsetlab import registry; "
+        "print(json.dumps(registry.list_strategies()))"
+    )
+    env = {**os.environ, "SUBSETLAB_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    out = subprocess.check_output([sys.executable, "-c", code], env=env, text=True)
+    assert json.loads(out.strip().splitlines()[-1]) == []  # the entry points are the only door
+
+
+def test_capabilities_come_from_the_config_for_the_suite_and_the_instance():
+    cls = registry.get("gradmatch")
+    val = registry.make_config("gradmatch[target=val]")
+    assert cls.capabilities_for(val).needs_validation and not cls.capabilities.needs_validation
+    assert registry.create(val).capabilities == cls.capabilities_for(val)
+    assert registry.create("gradmatch").capabilities == cls.capabilities_for(registry.make_config("gradmatch"))
+    assert _Toy.capabilities_for(_Cfg()) is _Toy.capabilities  # the class attribute by default

@@ -151,18 +151,6 @@ def failure_record(
     }
 
 
-def _ensure_registered(name: str, module: str | None) -> None:
-    """Import the module defining a strategy registered at runtime (for spawn workers)."""
-    if not module or module == "__main__":
-        return
-    from subsetlab import registry
-
-    if name not in registry.list_strategies():
-        import importlib
-
-        importlib.import_module(module)
-
-
 _warmed: set[str] = set()
 
 
@@ -207,7 +195,8 @@ def execute_run(
         spec: The run (a :class:`~subsetlab.config.RunSpec` or its JSON dump).
         progress: Optional per-step callback ``(step_done, total_steps, info)``.
         strategy_module: Module to import first if the strategy is not registered in this
-            process (a strategy registered at runtime, run in a fresh worker process).
+            process (a strategy of user code registered with ``@register``, run in a fresh
+            worker process; see :func:`subsetlab.registry.defining_module`).
 
     Returns:
         A record: ``key``, ``spec``, ``status``, ``error``, ``result``, ``env``, ``started``,
@@ -221,7 +210,9 @@ def execute_run(
 
         if not isinstance(spec, RunSpec):
             name = spec.get("strategy", {}).get("name") if isinstance(spec.get("strategy"), dict) else None
-            _ensure_registered(str(name), strategy_module)
+            from subsetlab import registry
+
+            registry.ensure_registered(str(name), strategy_module)
         spec = validate(RunSpec, spec, "RunSpec")
         device = spec.trainer.device
         try:
@@ -256,18 +247,13 @@ def execute_run(
 def task_payload(spec: RunSpec) -> dict[str, Any]:
     """Keyword arguments of :func:`execute_run` for running ``spec`` in another process.
 
-    The spec travels as JSON (re-validated there); a strategy registered at runtime is found
-    by importing the module that defines its class.
+    The spec travels as JSON (re-validated there); a strategy of user code (registered with
+    ``@register``, not through an entry point) is found by importing the module that defines
+    its class.
     """
     from subsetlab import registry
 
-    module = None
-    try:
-        info = registry.info(spec.strategy.name)
-        if info.distribution == registry.LOCAL:
-            module = info.cls.__module__
-    except Exception:  # noqa: BLE001 - the worker reports an unknown strategy itself
-        module = None
+    module = registry.defining_module(spec.strategy.name)
     return {"spec": spec.model_dump(mode="json"), "strategy_module": module}
 
 

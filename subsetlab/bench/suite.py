@@ -618,7 +618,7 @@ class Suite(FrozenConfig):
     def _full_budget(entry: StrategyEntry) -> bool:
         from subsetlab import registry
 
-        return registry.get(entry.config.name).capabilities.budget == "full"
+        return registry.get(entry.config.name).capabilities_for(entry.config).budget == "full"
 
     @staticmethod
     def _baseline(entries: Sequence[StrategyEntry]) -> StrategyEntry | None:
@@ -715,7 +715,7 @@ class Suite(FrozenConfig):
                     for b in self.budgets:
                         todo += [(trainers[b], e) for e in entries]
                     for trainer, entry in todo:
-                        if registry.get(entry.config.name).capabilities.budget == "full":
+                        if registry.get(entry.config.name).capabilities_for(entry.config).budget == "full":
                             trainer = full_trainer
                         spec = RunSpec(
                             data=data,

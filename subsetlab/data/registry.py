@@ -8,8 +8,6 @@ augmentation, the same way for every data set.
 
 from __future__ import annotations
 
-import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,7 +17,8 @@ from pydantic import BaseModel
 from subsetlab.config import DataConfig, FrozenConfig, validate
 from subsetlab.data.augment import AugmentPolicy
 from subsetlab.data.base import IndexedDataset
-from subsetlab.errors import ConfigError, RegistryError, unknown_name_message
+from subsetlab.errors import RegistryError
+from subsetlab.registry import Registry
 
 __all__ = [
     "AvailabilityCheck",
@@ -65,10 +64,15 @@ Loader = Callable[[DataConfig, int], RawData]
 #: :class:`~subsetlab.errors.MissingDataError` when files are missing (without reading them).
 AvailabilityCheck = Callable[[DataConfig], None]
 
-_lock = threading.RLock()
-_registry: dict[str, Loader] = {}
-_checks: dict[str, AvailabilityCheck] = {}
-_NAME = re.compile(r"[a-z][a-z0-9_\-]*")
+@dataclass(frozen=True)
+class _Dataset:
+    """A registered loader and its optional availability check."""
+
+    loader: Loader
+    check: AvailabilityCheck | None = None
+
+
+_datasets: Registry[_Dataset] = Registry("dataset", target=lambda d: d.loader)
 
 
 def register_dataset(name: str, *, check: AvailabilityCheck | None = None) -> Callable[[Loader], Loader]:
@@ -88,31 +92,22 @@ def register_dataset(name: str, *, check: AvailabilityCheck | None = None) -> Ca
         A decorator that registers the loader and returns it unchanged.
 
     Raises:
-        RegistryError: when the name is invalid or already taken by another loader.
+        RegistryError: when the name is invalid or already taken by another loader
+            (:class:`~subsetlab.errors.DuplicateNameError`).
 
     Example:
         >>> @register_dataset("my_blobs")                          # doctest: +SKIP
         ... def load_my_blobs(config: DataConfig, seed: int) -> RawData: ...
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise RegistryError(
-            f"Dataset name {name!r} is invalid: use lower-case letters, digits, '-' and '_', "
-            f"starting with a letter."
-        )
+    _datasets.check_name(name)
 
     def deco(fn: Loader) -> Loader:
         if not callable(fn):
             raise RegistryError(f"Cannot register {fn!r} as dataset {name!r}: it is not callable.")
-        with _lock:
-            old = _registry.get(name)
-            if old is not None and old is not fn:
-                raise RegistryError(
-                    f"A dataset named {name!r} is already registered ({_qualname(old)}); cannot "
-                    f"register {_qualname(fn)} under the same name. Rename one of them."
-                )
-            _registry[name] = fn
-            if check is not None:
-                _checks[name] = check
+        with _datasets.lock:
+            old = _datasets.find(name)
+            keep = old.check if old is not None and old.loader is fn else None
+            _datasets.add(name, _Dataset(fn, check if check is not None else keep))
         return fn
 
     return deco
@@ -120,9 +115,22 @@ def register_dataset(name: str, *, check: AvailabilityCheck | None = None) -> Ca
 
 def unregister_dataset(name: str) -> None:
     """Remove ``name`` from the dataset registry (for tests and interactive use)."""
-    with _lock:
-        _registry.pop(name, None)
-        _checks.pop(name, None)
+    _datasets.remove(name)
+
+
+def get_loader(name: str) -> Loader:
+    """The loader registered under ``name``.
+
+    Raises:
+        UnknownNameError: when no dataset has that name (a ``ConfigError``); the message lists
+            the registered names and the closest match.
+    """
+    return _datasets.get(name).loader
+
+
+def list_datasets() -> list[str]:
+    """Sorted names of every registered dataset."""
+    return _datasets.names()
 
 
 def check_available(config: DataConfig) -> None:
@@ -131,36 +139,14 @@ def check_available(config: DataConfig) -> None:
     for.
 
     Raises:
-        ConfigError: no dataset has that name (the message lists the registered ones).
+        UnknownNameError: no dataset has that name (a ``ConfigError``; the message lists the
+            registered ones).
         MissingDataError: its files are missing; the message gives the full paths looked at
             and how to get the files.
     """
-    get_loader(config.name)
-    with _lock:
-        check = _checks.get(config.name)
+    check = _datasets.get(config.name).check
     if check is not None:
         check(config)
-
-
-def list_datasets() -> list[str]:
-    """Sorted names of every registered dataset."""
-    with _lock:
-        return sorted(_registry)
-
-
-def get_loader(name: str) -> Loader:
-    """The loader registered under ``name``.
-
-    Raises:
-        ConfigError: when no dataset has that name; the message lists the registered names and
-            the closest match.
-    """
-    with _lock:
-        fn = _registry.get(name)
-        known = sorted(_registry)
-    if fn is None:
-        raise ConfigError(unknown_name_message("dataset", name, known))
-    return fn
 
 
 class NoOptions(FrozenConfig):
@@ -175,6 +161,3 @@ def parse_options(cls: type[OptionsT], config: DataConfig) -> OptionsT:
     """
     return validate(cls, dict(config.options), f"options of dataset {config.name!r}")
 
-
-def _qualname(fn: Any) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"

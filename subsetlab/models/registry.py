@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +12,9 @@ from pydantic import BaseModel
 from torch import nn
 
 from subsetlab.config import FrozenConfig, ModelConfig, validate
-from subsetlab.errors import ConfigError, RegistryError, unknown_name_message
+from subsetlab.errors import ConfigError, RegistryError
 from subsetlab.models.check import check_model
+from subsetlab.registry import Registry
 from subsetlab.seeding import derive_seed
 
 __all__ = [
@@ -51,10 +51,8 @@ class ModelInfo:
         return doc.splitlines()[0] if doc else ""
 
 
-_lock = threading.RLock()
 _build_lock = threading.Lock()  # build_model reseeds the (restored) global CPU RNG: one at a time
-_registry: dict[str, ModelInfo] = {}
-_NAME = re.compile(r"[a-z][a-z0-9_\-]*")
+_models: Registry[ModelInfo] = Registry("model", target=lambda i: i.builder)
 
 
 def register_model(name: str, options: type[BaseModel] = NoModelOptions) -> Callable[[Builder], Builder]:
@@ -74,14 +72,11 @@ def register_model(name: str, options: type[BaseModel] = NoModelOptions) -> Call
         A decorator that registers the builder and returns it unchanged.
 
     Raises:
-        RegistryError: when the name is invalid or taken, or ``options`` is not a pydantic
+        RegistryError: when the name is invalid or taken
+            (:class:`~subsetlab.errors.DuplicateNameError`), or ``options`` is not a pydantic
             model.
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise RegistryError(
-            f"Model name {name!r} is invalid: use lower-case letters, digits, '-' and '_', "
-            f"starting with a letter."
-        )
+    _models.check_name(name)
     if not (isinstance(options, type) and issubclass(options, BaseModel)):
         raise RegistryError(
             f"The options of model {name!r} must be a pydantic model class (subclass "
@@ -91,15 +86,7 @@ def register_model(name: str, options: type[BaseModel] = NoModelOptions) -> Call
     def deco(fn: Builder) -> Builder:
         if not callable(fn):
             raise RegistryError(f"Cannot register {fn!r} as model {name!r}: it is not callable.")
-        with _lock:
-            old = _registry.get(name)
-            if old is not None and old.builder is not fn:
-                raise RegistryError(
-                    f"A model named {name!r} is already registered ({old.builder.__module__}."
-                    f"{old.builder.__qualname__}); cannot register {fn.__module__}."
-                    f"{fn.__qualname__} under the same name. Rename one of them."
-                )
-            _registry[name] = ModelInfo(name, fn, options)
+        _models.add(name, ModelInfo(name, fn, options))
         return fn
 
     return deco
@@ -107,29 +94,22 @@ def register_model(name: str, options: type[BaseModel] = NoModelOptions) -> Call
 
 def unregister_model(name: str) -> None:
     """Remove ``name`` from the model registry (for tests and interactive use)."""
-    with _lock:
-        _registry.pop(name, None)
+    _models.remove(name)
 
 
 def list_models() -> list[str]:
     """Sorted names of every registered model."""
-    with _lock:
-        return sorted(_registry)
+    return _models.names()
 
 
 def model_info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` registered under ``name``.
 
     Raises:
-        ConfigError: when no model has that name; the message lists the registered names and
-            the closest match.
+        UnknownNameError: when no model has that name (a ``ConfigError``); the message lists
+            the registered names and the closest match.
     """
-    with _lock:
-        info = _registry.get(name)
-        known = sorted(_registry)
-    if info is None:
-        raise ConfigError(unknown_name_message("model", name, known))
-    return info
+    return _models.get(name)
 
 
 def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:

@@ -128,10 +128,10 @@ def describe_problem(problem: TinyProblem = TinyProblem(), strategy: SelectionSt
 
     Args:
         problem: The problem's sizes.
-        strategy: When given, its ``capabilities.budget`` mode is used (the full-data
+        strategy: When given, its ``capabilities_for(config).budget`` mode is used (the full-data
             reference trains on every example).
     """
-    mode = strategy.capabilities.budget if strategy is not None else "fraction"
+    mode = strategy.capabilities_for(strategy.config).budget if strategy is not None else "fraction"
     b = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, mode)
     return (
         f"The check problem: {problem.n_train} training examples, a {b.fraction:g} budget "
@@ -278,7 +278,7 @@ def _setup(spec: StrategySpec, seed: int, problem: TinyProblem) -> SelectionStra
     data = tiny_problem(seed, problem)
     model = tiny_model(seed, problem)
     strategy = registry.create(_config(spec))
-    budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities.budget)
+    budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities_for(strategy.config).budget)
     strategy.setup(make_context(data, model, budget, seed))
     return strategy
 
@@ -322,7 +322,7 @@ def check_respects_budget(spec: StrategySpec, *, problem: TinyProblem = TinyProb
     """Every run trains exactly E*S steps of the shared schedule and backprops what it reports."""
     result, strategy = _fit(spec, problem=problem)
     assert result.ok, f"run failed: {result.error}"
-    budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities.budget)
+    budget = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, strategy.capabilities_for(strategy.config).budget)
     assert result.work["steps"] == budget.total_steps, (
         f"trained {result.work['steps']} steps, budget is {budget.total_steps}"
     )
@@ -358,7 +358,7 @@ def check_state_dict_roundtrip(spec: StrategySpec, *, problem: TinyProblem = Tin
         path = Path(tmp) / "run.ckpt"
         full_model = tiny_model(0, problem)
         full = Trainer(cfg).fit(registry.create(_config(spec)), full_model, tiny_problem(0, problem), 0)
-        S = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, sel_strategy.capabilities.budget).steps_per_epoch
+        S = Budget.make(problem.n_train, problem.fraction, problem.batch_size, problem.epochs, sel_strategy.capabilities_for(sel_strategy.config).budget).steps_per_epoch
         part_model = tiny_model(0, problem)
         Trainer(cfg, checkpoint_path=path).fit(
             registry.create(_config(spec)), part_model, tiny_problem(0, problem), 0, run_key="k", stop_after_steps=S + 1
