@@ -44,15 +44,9 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from subsetlab.bench.runner import (
-    Executor,
-    Reporter,
-    _now,
-    available_cores,
-    execute_run,
-    failure_record,
-    task_payload,
-)
+from subsetlab.bench.execute import _now, available_cores, execute_run, failure_record, task_payload
+from subsetlab.bench.executors import Executor
+from subsetlab.bench.progress import Reporter
 from subsetlab.config import RunSpec
 from subsetlab.errors import MissingDependencyError, SubsetlabError
 

@@ -23,31 +23,34 @@ cluster. Each implements :meth:`Executor.run` the same way: submit :func:`execut
 
 from __future__ import annotations
 
-import abc
-import datetime as _dt
 import json
-import math
 import os
-import platform
-import re
-import socket
-import sys
 import time
-import traceback
-import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from subsetlab.bench.store import ResultsStore
 from subsetlab.bench.suite import TimeMatch
 from subsetlab.config import RunSpec
 from subsetlab.errors import ConfigError
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from subsetlab.bench.execute import (  # noqa: F401 - _warmed, available_cores: re-exported
+    _RECORD_ORDER,
+    _failure_type,
+    _now,
+    _warmed,
+    available_cores,
+    environment,
+    execute_run,
+    failure_record,
+    task_payload,
+    warm_up,
+)
+from subsetlab.bench.executors import Executor, LocalProcessExecutor, SequentialExecutor
+from subsetlab.bench.progress import LineReporter, Reporter, TqdmReporter, _summary, make_reporter, run_title  # noqa: F401
 
 __all__ = [
     "Executor",
@@ -70,527 +73,6 @@ __all__ = [
     "task_payload",
     "warm_up",
 ]
-
-_RECORD_ORDER = ("key", "suite", "spec", "match", "status", "error", "result", "env", "started", "finished")
-
-StepCallback = Callable[[int, int, dict[str, Any]], None]
-
-
-# ---------------------------------------------------------------------- one run
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
-        return os.cpu_count() or 1
-
-
-def environment(device: str = "cpu") -> dict[str, Any]:
-    """Where a run executed: versions, platform, device, threads, host (not part of the key)."""
-    import numpy
-    import torch
-
-    import subsetlab
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "subsetlab": subsetlab.__version__,
-        "platform": platform.platform(),
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "hostname": socket.gethostname(),
-    }
-    from subsetlab.distributed import view
-
-    world = view().world_size
-    if world > 1:
-        env["world_size"] = world
-    if device.startswith("cuda") and torch.cuda.is_available():
-        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
-    return env
-
-
-def _failure_type(message: str) -> str:
-    if message.startswith("diverged:"):
-        return "TrainingDiverged"
-    if message.startswith("timeout:"):
-        return "RunTimeout"
-    head = message.split(":", 1)[0].strip()
-    return head if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", head) else "RunFailed"
-
-
-def _spec_dump(spec: RunSpec | dict[str, Any]) -> dict[str, Any]:
-    return spec.model_dump(mode="json") if isinstance(spec, RunSpec) else dict(spec)
-
-
-def failure_record(
-    spec: RunSpec | dict[str, Any],
-    exc: BaseException,
-    *,
-    started: str | None = None,
-    message: str | None = None,
-    env: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A ``failed`` record for a run that raised ``exc`` (type, message and traceback kept)."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {
-        "key": spec.key if isinstance(spec, RunSpec) else spec.get("key"),
-        "spec": _spec_dump(spec),
-        "status": "failed",
-        "error": {"type": type(exc).__name__, "message": message or str(exc), "traceback": tb, "step": None},
-        "result": None,
-        "env": env or {},
-        "started": started or _now(),
-        "finished": _now(),
-    }
-
-
-_warmed: set[str] = set()
-
-
-def warm_up(device: str = "cpu") -> None:
-    """Pay torch's one-time costs (lazy imports, kernel and allocator set-up) once per process.
-
-    The first optimiser step of a process costs about a second on a CPU; without this the
-    first run of a suite (the full-data reference) would carry it and every speed-up would be
-    inflated. Uses a forked RNG, so the global torch RNG is left as it was.
-    """
-    if device in _warmed:
-        return
-    import torch
-    from torch.nn import functional as F
-
-    dev = torch.device(device)
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        torch.manual_seed(0)
-        layer = torch.nn.Linear(8, 4).to(dev)
-        opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        x, y = torch.randn(16, 8, device=dev), torch.randint(0, 4, (16,), device=dev)
-        for _ in range(2):
-            loss = F.cross_entropy(layer(x), y, reduction="none").mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            layer(x).argmax(1)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-    _warmed.add(device)
-
-
-def execute_run(
-    spec: RunSpec | dict[str, Any],
-    progress: StepCallback | None = None,
-    strategy_module: str | None = None,
-) -> dict[str, Any]:
-    """Run one spec and return its results record; never raises for a failing run.
-
-    Args:
-        spec: The run (a :class:`~subsetlab.config.RunSpec` or its JSON dump).
-        progress: Optional per-step callback ``(step_done, total_steps, info)``.
-        strategy_module: Module to import first if the strategy is not registered in this
-            process (a strategy of user code registered with ``@register``, run in a fresh
-            worker process; see :func:`subsetlab.registry.defining_module`).
-
-    Returns:
-        A record: ``key``, ``spec``, ``status``, ``error``, ``result``, ``env``, ``started``,
-        ``finished`` (see :mod:`subsetlab.bench.store`).
-    """
-    started = _now()
-    env: dict[str, Any] = {}
-    raw = spec
-    try:
-        from subsetlab.config import validate
-
-        if not isinstance(spec, RunSpec):
-            name = spec.get("strategy", {}).get("name") if isinstance(spec.get("strategy"), dict) else None
-            from subsetlab import registry
-
-            registry.ensure_registered(str(name), strategy_module)
-        spec = validate(RunSpec, spec, "RunSpec")
-        device = spec.trainer.device
-        try:
-            from subsetlab.trainer import resolve_device
-
-            device = str(resolve_device(spec.trainer.device))
-        finally:
-            env = environment(device)
-        from subsetlab.api import run_spec
-
-        warm_up(device)
-        result = run_spec(spec, progress=progress, resume=False)
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure of one run (a plugin's
-        # sys.exit() included) is recorded, the suite goes on; Ctrl-C still stops the suite
-        return failure_record(raw, exc, started=started, env=env)
-    record: dict[str, Any] = {
-        "key": spec.key,
-        "spec": spec.model_dump(mode="json"),
-        "status": "ok" if result.ok else "failed",
-        "error": None,
-        "result": result.to_dict(),
-        "env": env,
-        "started": started,
-        "finished": _now(),
-    }
-    if not result.ok:
-        msg = result.error or "failed"
-        record["error"] = {"type": _failure_type(msg), "message": msg, "traceback": None, "step": result.failed_step}
-    return record
-
-
-def task_payload(spec: RunSpec) -> dict[str, Any]:
-    """Keyword arguments of :func:`execute_run` for running ``spec`` in another process.
-
-    The spec travels as JSON (re-validated there); a strategy of user code (registered with
-    ``@register``, not through an entry point) is found by importing the module that defines
-    its class.
-    """
-    from subsetlab import registry
-
-    module = registry.defining_module(spec.strategy.name)
-    return {"spec": spec.model_dump(mode="json"), "strategy_module": module}
-
-
-# ---------------------------------------------------------------------- reporters
-def run_title(spec: RunSpec) -> str:
-    """Short name of a run: ``label dataset/model f=0.1 seed=0``."""
-    return (
-        f"{spec.display_name} {spec.data.name}/{spec.model.name} "
-        f"f={spec.trainer.fraction:g} seed={spec.seed}"
-    )
-
-
-def _summary(record: dict[str, Any]) -> str:
-    if record["status"] == "ok":
-        res = record.get("result") or {}
-        acc = (res.get("metrics") or {}).get("final_acc")
-        wall = (res.get("timings") or {}).get("total")
-        acc_s = f"acc {100 * acc:6.2f}%" if isinstance(acc, (int, float)) and math.isfinite(acc) else "acc   n/a"
-        wall_s = f"wall {wall:7.1f}s" if isinstance(wall, (int, float)) else ""
-        match = record.get("match") or {}
-        ratio = match.get("achieved_ratio")
-        if isinstance(ratio, (int, float)):
-            capped = ", capped at f=1" if match.get("clamped") else ""
-            wall_s += f"  cost x{ratio:.2f} of {match.get('to')}'s ({match.get('mode')}{capped})"
-        return f"{acc_s}  {wall_s}"
-    err = record.get("error") or {}
-    msg = str(err.get("message", "")).strip().splitlines()
-    first = msg[0] if msg else ""
-    if len(first) > _SUMMARY_LIMIT:  # the whole first line (paths included), unless absurdly long
-        first = first[: _SUMMARY_LIMIT - 3] + "..."
-    return f"{err.get('type', 'error')}: {first}"
-
-
-_SUMMARY_LIMIT = 2000
-
-
-class Reporter:
-    """Progress hooks of a suite; the base class does nothing (every hook is optional)."""
-
-    def suite_started(self, name: str, total: int, skipped: int, todo: int, results: Path) -> None:
-        """Before the first run: ``total`` runs, ``skipped`` already recorded, ``todo`` to run."""
-
-    def suite_notice(self, message: str) -> None:
-        """A line about the suite as a whole, e.g. that failed runs were skipped and how to
-        retry them (after :meth:`suite_started`)."""
-
-    def run_started(self, spec: RunSpec) -> None:
-        """A run was started (or handed to a worker)."""
-
-    def run_progress(self, spec: RunSpec, done: int, total: int, info: dict[str, Any]) -> None:
-        """A training step of ``spec`` finished (in-process executors only)."""
-
-    def run_finished(self, spec: RunSpec, record: dict[str, Any]) -> None:
-        """A run's record was written."""
-
-    def suite_finished(self, outcome: SuiteOutcome) -> None:
-        """After the last run."""
-
-    def close(self) -> None:
-        """Release terminals/bars; called once, also after an interruption."""
-
-
-class LineReporter(Reporter):
-    """One short line per finished run (for logs and non-terminal output).
-
-    Args:
-        stream: Where to write (default ``sys.stdout``).
-    """
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream
-        self.done = 0
-        self.todo = 0
-
-    def _print(self, text: str) -> None:
-        out = self.stream or sys.stdout
-        print(text, file=out, flush=True)
-
-    def suite_started(self, name: str, total: int, skipped: int, todo: int, results: Path) -> None:
-        """Print the plan of the suite."""
-        self.todo = todo
-        self._print(f"suite {name}: {total} runs, {skipped} already recorded, {todo} to run -> {results}")
-
-    def suite_notice(self, message: str) -> None:
-        """Print the message."""
-        self._print(message)
-
-    def run_finished(self, spec: RunSpec, record: dict[str, Any]) -> None:
-        """Print ``[i/n] status title  summary``."""
-        self.done += 1
-        status = "ok" if record["status"] == "ok" else "FAILED"
-        width = len(str(self.todo))
-        self._print(f"[{self.done:>{width}}/{self.todo}] {status:<6} {run_title(spec)}  {_summary(record)}")
-
-
-class TqdmReporter(Reporter):
-    """tqdm bars: one for the suite (runs done / total, current run) and one per run (steps).
-
-    Args:
-        per_run: Show a bar per run (only in-process executors report steps).
-    """
-
-    def __init__(self, per_run: bool = True) -> None:
-        self.per_run = per_run
-        self.suite_bar: Any = None
-        self.run_bar: Any = None
-        self.running: dict[str, str] = {}
-
-    def suite_started(self, name: str, total: int, skipped: int, todo: int, results: Path) -> None:
-        """Open the suite bar."""
-        from tqdm.auto import tqdm
-
-        self.suite_bar = tqdm(total=todo, desc=f"suite {name}", unit="run", position=0, dynamic_ncols=True)
-        if skipped:
-            self.suite_bar.write(f"suite {name}: {skipped} of {total} runs already recorded in {results}; skipped")
-
-    def suite_notice(self, message: str) -> None:
-        """Write the message above the bars."""
-        if self.suite_bar is not None:
-            self.suite_bar.write(message)
-
-    def _current(self) -> None:
-        if self.suite_bar is not None:
-            names = list(self.running.values())
-            text = names[0] if len(names) == 1 else f"{len(names)} running" if names else ""
-            self.suite_bar.set_postfix_str(text, refresh=True)
-
-    def run_started(self, spec: RunSpec) -> None:
-        """Show the run as current."""
-        self.running[spec.key] = run_title(spec)
-        self._current()
-
-    def run_progress(self, spec: RunSpec, done: int, total: int, info: dict[str, Any]) -> None:
-        """Advance the run bar; loss and test accuracy in its postfix."""
-        if not self.per_run:
-            return
-        from tqdm.auto import tqdm
-
-        if self.run_bar is None:
-            self.run_bar = tqdm(
-                total=total, desc=spec.display_name, unit="step", position=1, leave=False, dynamic_ncols=True
-            )
-            self._acc = None
-        if "test_acc" in info:
-            self._acc = info["test_acc"]
-        post = {"loss": f"{info.get('loss', float('nan')):.3f}"}
-        if self._acc is not None:
-            post["test_acc"] = f"{100 * self._acc:.1f}%"
-        self.run_bar.set_postfix(post, refresh=False)
-        self.run_bar.update(done - self.run_bar.n)
-
-    def run_finished(self, spec: RunSpec, record: dict[str, Any]) -> None:
-        """Close the run bar, advance the suite bar; print failures."""
-        if self.run_bar is not None:
-            self.run_bar.close()
-            self.run_bar = None
-        self.running.pop(spec.key, None)
-        if self.suite_bar is not None:
-            if record["status"] != "ok":
-                self.suite_bar.write(f"FAILED {run_title(spec)}  {_summary(record)}")
-            self.suite_bar.update(1)
-            self._current()
-
-    def close(self) -> None:
-        """Close the bars."""
-        for bar in (self.run_bar, self.suite_bar):
-            if bar is not None:
-                bar.close()
-        self.run_bar = self.suite_bar = None
-
-
-def make_reporter(progress: bool | str | Reporter | None = None) -> Reporter:
-    """The reporter for ``progress``.
-
-    Args:
-        progress: ``None``/``"auto"``: bars when stderr is a terminal (where tqdm draws), else
-            one line per finished run; ``True``/``"bar"``: bars; ``"lines"``: lines;
-            ``False``/``"none"``: nothing; or a :class:`Reporter` instance.
-    """
-    if isinstance(progress, Reporter):
-        return progress
-    if progress is None or progress == "auto":
-        progress = "bar" if sys.stderr.isatty() else "lines"
-    if progress is True or progress == "bar":
-        return TqdmReporter()
-    if progress == "lines":
-        return LineReporter()
-    if progress is False or progress == "none":
-        return Reporter()
-    raise ValueError(f"progress must be 'auto', 'bar', 'lines', 'none', a bool or a Reporter. Got {progress!r}.")
-
-
-# ---------------------------------------------------------------------- executors
-class Executor(abc.ABC):
-    """Runs specs and yields ``(spec, record)`` as each run finishes, in any order.
-
-    Implementations call :func:`execute_run` (locally or remotely), call
-    ``reporter.run_started`` when a run starts and may forward per-step progress with
-    ``reporter.run_progress``. They never write results: the caller does. Use as a context
-    manager; :meth:`close` releases workers.
-    """
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @abc.abstractmethod
-    def run(self, specs: Sequence[RunSpec], reporter: Reporter) -> Iterator[tuple[RunSpec, dict[str, Any]]]:
-        """Execute ``specs``; yield ``(spec, record)`` per finished run."""
-
-    def close(self) -> None:
-        """Release resources (no-op by default)."""
-
-
-class SequentialExecutor(Executor):
-    """Runs every spec in this process, one after the other, with per-step progress.
-
-    Args:
-        threads: Torch threads to use while running (restored afterwards); default: leave
-            torch's setting as it is.
-    """
-
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads
-
-    def run(self, specs: Sequence[RunSpec], reporter: Reporter) -> Iterator[tuple[RunSpec, dict[str, Any]]]:
-        """Execute ``specs`` in order."""
-        import torch
-
-        before = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            yield from self._run(specs, reporter)
-        finally:
-            torch.set_num_threads(before)
-
-    def _run(self, specs: Sequence[RunSpec], reporter: Reporter) -> Iterator[tuple[RunSpec, dict[str, Any]]]:
-        for spec in specs:
-            reporter.run_started(spec)
-
-            def step(done: int, total: int, info: dict[str, Any], _spec: RunSpec = spec) -> None:
-                reporter.run_progress(_spec, done, total, info)
-
-            yield spec, execute_run(spec, progress=step)
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    from subsetlab.registry import PluginLoadWarning
-
-    warnings.simplefilter("ignore", PluginLoadWarning)  # the parent already reported them
-
-
-class LocalProcessExecutor(Executor):
-    """Fans runs out over ``workers`` local processes (``spawn`` start method).
-
-    Each worker uses ``max(1, cores // workers)`` torch threads. At most ``workers`` runs are
-    in flight, so a worker that dies (killed for memory, a crash in native code) fails only
-    the runs it held: they are recorded as failed and a fresh pool takes the rest.
-
-    Args:
-        workers: Number of worker processes (>= 1).
-        threads: Torch threads per worker (default ``max(1, cores // workers)``).
-    """
-
-    def __init__(self, workers: int, threads: int | None = None) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1. Got {workers}.")
-        self.workers = workers
-        self.threads = threads or max(1, available_cores() // workers)
-        self._pool: Any = None
-
-    def _new_pool(self) -> Any:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.threads,),
-        )
-
-    def run(self, specs: Sequence[RunSpec], reporter: Reporter) -> Iterator[tuple[RunSpec, dict[str, Any]]]:
-        """Execute ``specs`` on the pool; yield as runs complete."""
-        from concurrent.futures import FIRST_COMPLETED, wait
-        from concurrent.futures.process import BrokenProcessPool
-
-        pending = deque(specs)
-        inflight: dict[Any, tuple[RunSpec, str]] = {}
-        if self._pool is None:
-            self._pool = self._new_pool()
-        while pending or inflight:
-            while pending and len(inflight) < self.workers:
-                spec = pending.popleft()
-                fut = self._pool.submit(execute_run, **task_payload(spec))
-                inflight[fut] = (spec, _now())
-                reporter.run_started(spec)
-            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                spec, started = inflight.pop(fut)
-                try:
-                    record = fut.result()
-                except BrokenProcessPool as exc:
-                    broken = True
-                    record = failure_record(
-                        spec,
-                        exc,
-                        started=started,
-                        message="the worker process running this run died (killed by the OS, "
-                        "e.g. out of memory, or crashed in native code); rerun with --retry-failed",
-                    )
-                except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-                    record = failure_record(spec, exc, started=started)
-                yield spec, record
-            if broken:
-                for fut in list(inflight):  # every in-flight run shares the broken pool's fate
-                    spec, started = inflight.pop(fut)
-                    try:
-                        record = fut.result()
-                    except Exception as exc:  # noqa: BLE001
-                        record = failure_record(spec, exc, started=started, message=f"worker pool broke: {exc}")
-                    yield spec, record
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-
-    def close(self) -> None:
-        """Shut the pool down, cancelling queued work."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
 
 
 def make_executor(workers: int = 1, threads: int | None = None, cluster: str | None = None) -> Executor:
@@ -621,7 +103,6 @@ def make_executor(workers: int = 1, threads: int | None = None, cluster: str | N
             return DaskExecutor(n_workers=max(1, workers), threads=threads)
         return DaskExecutor(cluster.strip(), threads=threads)
     return SequentialExecutor(threads) if workers <= 1 else LocalProcessExecutor(workers, threads)
-
 
 # ---------------------------------------------------------------------- the suite
 @dataclass
@@ -798,6 +279,75 @@ def check_data(specs: Sequence[RunSpec], suite: str = "runs") -> None:
             raise ConfigError(f"{where} {exc}") from None
 
 
+@dataclass
+class _Plan:
+    """What a suite call runs: its runs and time-matched runs, and those still to make."""
+
+    name: str
+    specs: list[RunSpec]
+    matches: list[TimeMatch]
+    todo: list[RunSpec]
+    pending: list[TimeMatch]
+    latest: dict[str, Any]
+
+    @property
+    def by_key(self) -> dict[str, RunSpec]:
+        return {s.key: s for s in self.specs}
+
+    @property
+    def by_match(self) -> dict[str, TimeMatch]:
+        return {m.key: m for m in self.matches}
+
+    @classmethod
+    def make(cls, suite: Any, store: ResultsStore, retry_failed: bool, dist: Any, main: bool) -> _Plan:
+        """The runs without a record (or failed ones, with ``retry_failed``); rank 0's file decides."""
+        if hasattr(suite, "expand"):
+            name, specs = suite.name, suite.expand()
+            matches: list[TimeMatch] = suite.time_matches() if hasattr(suite, "time_matches") else []
+        else:
+            name, specs, matches = "runs", list(suite), []
+        latest = store.latest() if main else {}
+        skip_status = {"ok"} if retry_failed else {"ok", "failed"}
+        todo = [s for s in specs if (latest.get(s.key) or {}).get("status") not in skip_status]
+        pending = [m for m in matches if (latest.get(m.key) or {}).get("status") not in skip_status]
+        plan = cls(name, specs, matches, todo, pending, latest)
+        if getattr(dist, "world_size", 1) > 1:  # every rank runs the same runs in the same order
+            from subsetlab.distributed import broadcast_object, open_side_channel
+
+            open_side_channel()
+
+            keys, match_keys = broadcast_object(dist, [[s.key for s in todo], [m.key for m in pending]])
+            by_key, by_match = plan.by_key, plan.by_match
+            missing = [k for k in keys if k not in by_key] + [k for k in match_keys if k not in by_match]
+            if missing:
+                raise ConfigError(f"Rank {dist.rank} expanded a different suite than rank 0 (no run {missing[0]}).")
+            plan.todo = [by_key[k] for k in keys]
+            plan.pending = [by_match[k] for k in match_keys]
+        return plan
+
+    def round_tasks(
+        self, first: bool, store: ResultsStore, main: bool
+    ) -> tuple[list[_Task], list[tuple[TimeMatch, dict[str, Any]]]]:
+        """Round one: the runs to make, and the matched runs whose two runs have records.
+        Round two: the other matched runs (their records written by round one). Matched runs
+        that cannot be made come back in the second list with the reason."""
+        tasks: list[_Task] = [(s, None, None) for s in self.todo] if first else []
+        unavailable: list[tuple[TimeMatch, dict[str, Any]]] = []
+        if main and self.pending:
+            latest = self.latest if first else store.latest()
+            busy = {s.key for s in self.todo} if first else set()
+            for m in list(self.pending):
+                if m.strategy.key in busy or m.baseline.key in busy:
+                    continue
+                self.pending.remove(m)
+                spec, info = m.resolve(latest.get(m.strategy.key), latest.get(m.baseline.key))
+                if spec is None:
+                    unavailable.append((m, info))
+                else:
+                    tasks.append((spec, m, info))
+        return tasks, unavailable
+
+
 def run_suite(
     suite: Any,
     results_path: str | os.PathLike,
@@ -862,29 +412,9 @@ def run_suite(
         raise ConfigError(
             "A distributed suite trains each run on all ranks in turn: it takes no workers, cluster or executor."
         )
-    if hasattr(suite, "expand"):
-        name, specs = suite.name, suite.expand()
-        matches: list[TimeMatch] = suite.time_matches() if hasattr(suite, "time_matches") else []
-    else:
-        name, specs, matches = "runs", list(suite), []
     store = ResultsStore(results_path)
-    latest = store.latest() if main else {}
-    skip_status = {"ok"} if retry_failed else {"ok", "failed"}
-    todo = [s for s in specs if (latest.get(s.key) or {}).get("status") not in skip_status]
-    pending = [m for m in matches if (latest.get(m.key) or {}).get("status") not in skip_status]
-    by_key = {s.key: s for s in specs}
-    by_match = {m.key: m for m in matches}
-    if world > 1:  # rank 0's results file decides: every rank runs the same runs in the same order
-        from subsetlab.distributed import broadcast_object, open_side_channel
-
-        open_side_channel()
-
-        keys, match_keys = broadcast_object(dist, [[s.key for s in todo], [m.key for m in pending]])
-        missing = [k for k in keys if k not in by_key] + [k for k in match_keys if k not in by_match]
-        if missing:
-            raise ConfigError(f"Rank {dist.rank} expanded a different suite than rank 0 (no run {missing[0]}).")
-        todo = [by_key[k] for k in keys]
-        pending = [by_match[k] for k in match_keys]
+    plan = _Plan.make(suite, store, retry_failed, dist, main)
+    name, specs, matches, todo, pending, latest = plan.name, plan.specs, plan.matches, plan.todo, plan.pending, plan.latest
     check_data([*todo, *(m.baseline for m in pending)], name)
     outcome = SuiteOutcome(name, store.path, [s.key for s in specs] + [m.key for m in matches])
     todo_keys = {s.key for s in todo} | {m.key for m in pending}
@@ -901,23 +431,9 @@ def run_suite(
         if failed_skipped:
             reporter.suite_notice(failed_notice(len(failed_skipped)))
         for first in (True, False):  # matched runs depend only on expanded runs: two rounds suffice
-            tasks: list[_Task] = [(s, None, None) for s in todo] if first else []
-            unavailable: list[tuple[TimeMatch, dict[str, Any]]] = []
-            if main and pending:
-                if not first:
-                    latest = store.latest()
-                busy = {s.key for s in todo} if first else set()
-                for m in list(pending):
-                    if m.strategy.key in busy or m.baseline.key in busy:
-                        continue
-                    pending.remove(m)
-                    spec, info = m.resolve(latest.get(m.strategy.key), latest.get(m.baseline.key))
-                    if spec is None:
-                        unavailable.append((m, info))
-                    else:
-                        tasks.append((spec, m, info))
+            tasks, unavailable = plan.round_tasks(first, store, main)
             if world > 1:
-                tasks = _broadcast_tasks(dist, tasks, by_key, by_match)
+                tasks = _broadcast_tasks(dist, tasks, plan.by_key, plan.by_match)
             for m, info in unavailable:  # rank 0 only: nothing is run, so no rank waits for it
                 record = _unavailable_record(m, info, name)
                 store.append(record)
