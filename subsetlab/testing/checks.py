@@ -393,6 +393,12 @@ def _watched_fit(spec: StrategySpec, problem: TinyProblem, mode_phase: int | Non
     return watch, strategy
 
 
+def _none_found(found: list[str], what: str, fix: str) -> None:
+    """Fail with ``what: <each finding>. <fix>`` when a watch found anything."""
+    __tracebackhide__ = True
+    assert not found, f"{what}: {'; '.join(found)}. {fix}"
+
+
 @_explained
 def check_leaves_global_rng_alone(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
     """In a run, every hook (``setup``, ``should_select``, ``select``, ``on_after_backward``,
@@ -400,10 +406,11 @@ def check_leaves_global_rng_alone(spec: StrategySpec, *, problem: TinyProblem = 
     Python's ``random`` and numpy's global state. Randomness comes from ``ctx.generator`` (or
     generators derived from ``ctx.seed``) only."""
     watch, _ = _watched_fit(spec, problem)
-    assert not watch.rng, (
-        "a hook changed the global random state: " + "; ".join(watch.rng) + ". Draw from "
-        "ctx.generator (torch.randperm(n, generator=ctx.generator)), or run a library call that "
-        "draws from the global generators inside torch.random.fork_rng() / with its own seeded generator."
+    _none_found(
+        watch.rng,
+        "a hook changed the global random state",
+        "Draw from ctx.generator (torch.randperm(n, generator=ctx.generator)), or run a library call "
+        "that draws from the global generators inside torch.random.fork_rng() / with its own seeded generator.",
     )
 
 
@@ -413,10 +420,11 @@ def check_leaves_model_unchanged(spec: StrategySpec, *, problem: TinyProblem = T
     the parameter objects (the optimiser holds them); ``on_after_backward`` leaves the gradients
     unchanged too. Only the trainer's optimiser step changes the model."""
     watch, _ = _watched_fit(spec, problem)
-    assert not watch.model_changes, (
-        "a hook changed the model: " + "; ".join(watch.model_changes) + ". Compute on copies "
-        "(torch.no_grad(), .detach().clone()); a forward pass for embeddings runs in eval mode "
-        "(BatchNorm statistics are buffers), as ctx.embedder's does."
+    _none_found(
+        watch.model_changes,
+        "a hook changed the model",
+        "Compute on copies (torch.no_grad(), .detach().clone()); a forward pass for embeddings runs "
+        "in eval mode (BatchNorm statistics are buffers), as ctx.embedder's does.",
     )
 
 
@@ -430,9 +438,10 @@ def check_restores_training_mode(spec: StrategySpec, *, problem: TinyProblem = T
     for phase in (0, 1):
         watch, _ = _watched_fit(spec, problem, mode_phase=phase)
         changes += watch.mode_changes
-    assert not changes, (
-        "a hook left the model in another training mode: " + "; ".join(changes) + ". Save "
-        "was = model.training and end with model.train(was) (in a finally block)."
+    _none_found(
+        changes,
+        "a hook left the model in another training mode",
+        "Save was = model.training and end with model.train(was) (in a finally block).",
     )
 
 
@@ -450,10 +459,11 @@ def check_declares_validation_use(spec: StrategySpec, *, problem: TinyProblem = 
             "needs_validation=False (for this configuration) if it does not use it."
         )
     else:
-        assert not watch.val_reads, (
-            "capabilities.needs_validation is False but a hook read the validation split: "
-            + "; ".join(watch.val_reads) + ". Declare needs_validation=True (for the "
-            "configurations that use it), so that the trainer refuses a run without one."
+        _none_found(
+            watch.val_reads,
+            "capabilities.needs_validation is False but a hook read the validation split",
+            "Declare needs_validation=True (for the configurations that use it), so that the "
+            "trainer refuses a run without one.",
         )
 
 
