@@ -13,6 +13,11 @@ or as a pytest base class (one test per check, readable ids)::
         strategy = {"name": "my-method", "k": 3}
         known_failures = {"check_deterministic": "uses wall-clock time on purpose"}
 
+A declared known failure still runs: a strict xfail in pytest (XPASS fails once it is fixed),
+and listed in :class:`CheckReport` by :func:`check_strategy`. The last four checks watch the
+strategy's hooks in a run (:class:`~subsetlab.testing.watch.HookWatch`): global random state,
+model parameters, training mode and the use of the validation split.
+
 The checks train on :func:`tiny_problem` sized by a :class:`TinyProblem`: by default 240
 examples, a 25% budget and batches of 16, so 4 steps per pseudo-epoch x 3 pseudo-epochs = 12
 training steps. A strategy whose own trigger re-selects less often than that is never
