@@ -29,6 +29,7 @@ from subsetlab.testing.checks import (
     CHECKS,
     CheckReport,
     TinyProblem,
+    check_known_failures,
     check_strategy,
     describe_problem,
     iter_checks,
@@ -44,6 +45,7 @@ __all__ = [
     "CheckReport",
     "StrategyConformance",
     "TinyProblem",
+    "check_known_failures",
     "check_strategy",
     "describe_problem",
     "iter_checks",
@@ -60,8 +62,11 @@ class StrategyConformance:
 
     Attributes:
         strategy: Name, ``"name[k=v]"`` or config mapping of the strategy under test.
-        known_failures: ``check name -> reason``; those checks are reported as expected
-            failures (xfail) instead of being skipped silently.
+        known_failures: ``check name -> reason``; those checks still run and are strict
+            expected failures (``pytest.mark.xfail(strict=True)``): reported as xfailed while
+            they fail, and as a failure (XPASS(strict)) once they pass, so that a fixed check's
+            declaration is removed. A key that names no check raises ``ValueError`` when the
+            class is defined.
         problem: Sizes of the problem the checks train on. The default trains 4 steps per
             pseudo-epoch x 3 pseudo-epochs = 12 steps; a strategy that re-selects less often
             sets a longer one, e.g. ``problem = TinyProblem(epochs=10)`` (40 steps).
@@ -71,22 +76,36 @@ class StrategyConformance:
     known_failures: ClassVar[dict[str, str]] = {}
     problem: ClassVar[TinyProblem] = TinyProblem()
 
-    def _run_check(self, check: str) -> None:
-        import pytest
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_known_failures(cls.known_failures)
+        for check in CHECKS:
+            attr = "test_" + check.removeprefix("check_")
+            if getattr(getattr(cls, attr, None), "_conformance_check", None) != check:
+                continue  # the subclass (or a base between) wrote its own test_<check>
+            setattr(cls, attr, _make_test(check, cls.known_failures.get(check)))
 
+    def _run_check(self, check: str) -> None:
         if self.strategy is None:
+            import pytest
+
             pytest.skip("set `strategy` on the StrategyConformance subclass")
-        if check in self.known_failures:
-            pytest.xfail(self.known_failures[check])
         CHECKS[check](self.strategy, problem=self.problem)
 
 
-def _make_test(check: str):
+def _make_test(check: str, known_failure: str | None = None):
+    """The test method of ``check``; a strict xfail when ``known_failure`` gives a reason."""
+
     def test(self: StrategyConformance) -> None:
         self._run_check(check)
 
-    test.__name__ = "test_" + check.removeprefix("check_")
+    test.__name__ = test.__qualname__ = "test_" + check.removeprefix("check_")
     test.__doc__ = CHECKS[check].__doc__
+    test._conformance_check = check  # type: ignore[attr-defined]
+    if known_failure is not None:
+        import pytest
+
+        test = pytest.mark.xfail(strict=True, reason=f"known failure: {known_failure}")(test)
     return test
 
 

@@ -13,6 +13,11 @@ or as a pytest base class (one test per check, readable ids)::
         strategy = {"name": "my-method", "k": 3}
         known_failures = {"check_deterministic": "uses wall-clock time on purpose"}
 
+A declared known failure still runs: a strict xfail in pytest (XPASS fails once it is fixed),
+and listed in :class:`CheckReport` by :func:`check_strategy`. The last four checks watch the
+strategy's hooks in a run (:class:`~subsetlab.testing.watch.HookWatch`): global random state,
+model parameters, training mode and the use of the validation split.
+
 The checks train on :func:`tiny_problem` sized by a :class:`TinyProblem`: by default 240
 examples, a 25% budget and batches of 16, so 4 steps per pseudo-epoch x 3 pseudo-epochs = 12
 training steps. A strategy whose own trigger re-selects less often than that is never
@@ -27,7 +32,7 @@ import functools
 import io
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +53,7 @@ from subsetlab.protocol import (
     WorkMeters,
 )
 from subsetlab.seeding import torch_generator
+from subsetlab.testing.watch import HookWatch
 
 __all__ = [
     "TinyProblem",
@@ -57,6 +63,7 @@ __all__ = [
     "iter_checks",
     "check_strategy",
     "CheckReport",
+    "check_known_failures",
     "make_context",
     "make_state",
     "describe_problem",
@@ -374,6 +381,97 @@ def check_state_dict_roundtrip(spec: StrategySpec, *, problem: TinyProblem = Tin
     assert full.selections["count"] == resumed.selections["count"], "resumed run made a different number of selections"
 
 
+def _watched_fit(spec: StrategySpec, problem: TinyProblem, mode_phase: int | None = None) -> tuple[HookWatch, SelectionStrategy]:
+    """A run of the trainer on the check problem with the strategy's hooks watched
+    (:class:`~subsetlab.testing.watch.HookWatch`) and its validation split watched too."""
+    from subsetlab.trainer import Trainer
+
+    strategy = registry.create(_config(spec))
+    model, data = tiny_model(0, problem), tiny_problem(0, problem)
+    watch = HookWatch(strategy, model, mode_phase)
+    data = DataSplits(data.train, watch.watch_split(data.val), data.test)
+    result = Trainer(tiny_trainer_config(problem)).fit(strategy, model, data, 0)
+    assert result.ok, f"run failed: {result.error}"
+    assert watch.calls["setup"] == 1 and watch.calls["select"] >= 1, (
+        f"the watch did not see the trainer call setup() and select() (calls seen: {dict(watch.calls)})"
+    )
+    return watch, strategy
+
+
+def _none_found(found: list[str], what: str, fix: str) -> None:
+    """Fail with ``what: <each finding>. <fix>`` when a watch found anything."""
+    __tracebackhide__ = True
+    assert not found, f"{what}: {'; '.join(found)}. {fix}"
+
+
+@_explained
+def check_leaves_global_rng_alone(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
+    """In a run, every hook (``setup``, ``should_select``, ``select``, ``on_after_backward``,
+    ``on_step_end``) leaves the global random state as it found it: torch's CPU generator,
+    Python's ``random`` and numpy's global state. Randomness comes from ``ctx.generator`` (or
+    generators derived from ``ctx.seed``) only."""
+    watch, _ = _watched_fit(spec, problem)
+    _none_found(
+        watch.rng,
+        "a hook changed the global random state",
+        "Draw from ctx.generator (torch.randperm(n, generator=ctx.generator)), or run a library call "
+        "that draws from the global generators inside torch.random.fork_rng() / with its own seeded generator.",
+    )
+
+
+@_explained
+def check_leaves_model_unchanged(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
+    """In a run, every hook leaves the model's parameters and buffers bitwise unchanged and keeps
+    the parameter objects (the optimiser holds them); ``on_after_backward`` leaves the gradients
+    unchanged too. Only the trainer's optimiser step changes the model."""
+    watch, _ = _watched_fit(spec, problem)
+    _none_found(
+        watch.model_changes,
+        "a hook changed the model",
+        "Compute on copies (torch.no_grad(), .detach().clone()); a forward pass for embeddings runs "
+        "in eval mode (BatchNorm statistics are buffers), as ctx.embedder's does.",
+    )
+
+
+@_explained
+def check_restores_training_mode(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
+    """Every hook returns the model in the training mode it found it in. Two runs: in one the
+    first call of each hook finds the model in eval mode, in the other in train mode (later calls
+    alternate), so that neither a missing restore after ``eval()`` nor a closing ``train()`` goes
+    unseen."""
+    changes = []
+    for phase in (0, 1):
+        watch, _ = _watched_fit(spec, problem, mode_phase=phase)
+        changes += watch.mode_changes
+    _none_found(
+        changes,
+        "a hook left the model in another training mode",
+        "Save was = model.training and end with model.train(was) (in a finally block).",
+    )
+
+
+@_explained
+def check_declares_validation_use(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
+    """``capabilities.needs_validation`` says whether the hooks use ``ctx.val``: a strategy that
+    declares False never reads it (a run without a validation split is allowed, and a strategy's
+    selections must not depend on whether there is one); one that declares True reads it in a run
+    (the trainer refuses runs without one for it)."""
+    watch, strategy = _watched_fit(spec, problem)
+    if strategy.capabilities.needs_validation:
+        assert watch.val_reads, (
+            "capabilities.needs_validation is True but no hook read ctx.val in the run; the "
+            "trainer refuses a run without a validation split for this strategy. Declare "
+            "needs_validation=False (for this configuration) if it does not use it."
+        )
+    else:
+        _none_found(
+            watch.val_reads,
+            "capabilities.needs_validation is False but a hook read the validation split",
+            "Declare needs_validation=True (for the configurations that use it), so that the "
+            "trainer refuses a run without one.",
+        )
+
+
 @_explained
 def check_works_on_cpu_tiny_model(spec: StrategySpec, *, problem: TinyProblem = TinyProblem()) -> None:
     """A full run on CPU with a tiny model finishes with finite metrics better than chance."""
@@ -397,6 +495,10 @@ CHECKS: dict[str, Callable[[StrategySpec], None]] = {
         check_respects_budget,
         check_state_dict_roundtrip,
         check_works_on_cpu_tiny_model,
+        check_leaves_global_rng_alone,
+        check_leaves_model_unchanged,
+        check_restores_training_mode,
+        check_declares_validation_use,
     )
 }
 
@@ -409,10 +511,37 @@ def iter_checks(spec: StrategySpec, problem: TinyProblem = TinyProblem()) -> Ite
 
 @dataclass
 class CheckReport:
-    """Outcome of :func:`check_strategy`: ``passed`` names and ``failed`` name -> message."""
+    """Outcome of :func:`check_strategy`.
+
+    Attributes:
+        passed: Checks that passed (and were not declared known failures).
+        failed: ``check name -> message`` of the checks that failed unexpectedly.
+        expected_failures: ``check name -> message`` of the known failures that failed, as
+            declared (pytest's xfail).
+        unexpected_passes: ``check name -> declared reason`` of the known failures that passed:
+            the failure is fixed and its declaration is stale (pytest's strict XPASS, a failure).
+    """
 
     passed: list[str]
     failed: dict[str, str]
+    expected_failures: dict[str, str] = field(default_factory=dict)
+    unexpected_passes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed unexpectedly and no known failure passed."""
+        return not self.failed and not self.unexpected_passes
+
+
+def check_known_failures(known_failures: dict[str, str]) -> None:
+    """Raise ``ValueError`` when a key of ``known_failures`` names no check (a misspelt name
+    would otherwise declare nothing)."""
+    unknown = sorted(set(known_failures) - set(CHECKS))
+    if unknown:
+        raise ValueError(
+            f"known_failures names no conformance check: {', '.join(map(repr, unknown))}. Use the "
+            f"check function names: {', '.join(CHECKS)}."
+        )
 
 
 def check_strategy(
@@ -424,27 +553,41 @@ def check_strategy(
 ) -> CheckReport:
     """Run every conformance check on a registered strategy.
 
+    Every check runs, the known failures too: one that fails is listed in
+    ``expected_failures``, one that passes in ``unexpected_passes`` (its declaration is stale).
+
     Args:
         spec: Name, ``"name[k=v]"``, config mapping, config, or the strategy class itself.
-        known_failures: ``check name -> reason`` for checks expected to fail (not run).
-        raise_on_failure: Raise ``AssertionError`` listing the failures (default).
+        known_failures: ``check name -> reason`` for checks expected to fail.
+        raise_on_failure: Raise ``AssertionError`` listing the unexpected failures and passes
+            (default).
         problem: Sizes of the problem the checks train on; by default 12 steps (see
             :class:`TinyProblem`), e.g. ``TinyProblem(epochs=10)`` for 40.
+
+    Raises:
+        ValueError: when ``known_failures`` names no check.
     """
     if isinstance(spec, type):
         spec = spec.name
-    known = known_failures or {}
-    passed, failed = [], {}
+    known = dict(known_failures or {})
+    check_known_failures(known)
+    report = CheckReport([], {})
     for name, thunk in iter_checks(spec, problem):
-        if name in known:
-            continue
         try:
             thunk()
         except Exception as exc:  # noqa: BLE001 - report every failing check
-            failed[name] = f"{type(exc).__name__}: {exc}"
+            failures = report.expected_failures if name in known else report.failed
+            failures[name] = f"{type(exc).__name__}: {exc}"
         else:
-            passed.append(name)
-    if failed and raise_on_failure:
-        lines = "\n".join(f"  {k}: {v}" for k, v in failed.items())
-        raise AssertionError(f"Strategy {spec!r} failed {len(failed)} conformance check(s):\n{lines}")
-    return CheckReport(passed, failed)
+            if name in known:
+                report.unexpected_passes[name] = known[name]
+            else:
+                report.passed.append(name)
+    if raise_on_failure and not report.ok:
+        lines = [f"  {k}: {v}" for k, v in report.failed.items()]
+        lines += [f"  {k}: passed, but is declared a known failure ({v!r}); remove it from known_failures" for k, v in report.unexpected_passes.items()]
+        stale = f" and passed {len(report.unexpected_passes)} declared known failure(s)" if report.unexpected_passes else ""
+        raise AssertionError(
+            f"Strategy {spec!r} failed {len(report.failed)} conformance check(s){stale}:\n" + "\n".join(lines)
+        )
+    return report
