@@ -457,7 +457,7 @@ def check_declares_validation_use(spec: StrategySpec, *, problem: TinyProblem = 
     selections must not depend on whether there is one); one that declares True reads it in a run
     (the trainer refuses runs without one for it)."""
     watch, strategy = _watched_fit(spec, problem)
-    if strategy.capabilities.needs_validation:
+    if strategy.capabilities_for(strategy.config).needs_validation:
         assert watch.val_reads, (
             "capabilities.needs_validation is True but no hook read ctx.val in the run; the "
             "trainer refuses a run without a validation split for this strategy. Declare "
