@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from subsetlab.bench.store import ResultsStore
-from subsetlab.bench.suite import TimeMatch
+from subsetlab.bench.matching import TimeMatch
 from subsetlab.config import RunSpec
 from subsetlab.errors import ConfigError
 
@@ -402,8 +402,7 @@ def run_suite(
     (:func:`check_data`): a data set whose files are missing raises
     :class:`~subsetlab.errors.MissingDataError` and nothing is run or recorded.
 
-    A ``KeyboardInterrupt`` stops the suite; finished runs stay recorded and the next call
-    resumes with the missing ones.
+    A ``KeyboardInterrupt`` stops the suite; finished runs stay recorded (the next call resumes).
     """
     t0 = time.perf_counter()
     world = getattr(dist, "world_size", 1)
@@ -414,17 +413,17 @@ def run_suite(
         )
     store = ResultsStore(results_path)
     plan = _Plan.make(suite, store, retry_failed, dist, main)
-    name, specs, matches, todo, pending, latest = plan.name, plan.specs, plan.matches, plan.todo, plan.pending, plan.latest
-    check_data([*todo, *(m.baseline for m in pending)], name)
-    outcome = SuiteOutcome(name, store.path, [s.key for s in specs] + [m.key for m in matches])
-    todo_keys = {s.key for s in todo} | {m.key for m in pending}
+    name = plan.name
+    check_data([*plan.todo, *(m.baseline for m in plan.pending)], name)
+    outcome = SuiteOutcome(name, store.path, [s.key for s in plan.specs] + [m.key for m in plan.matches])
+    todo_keys = {s.key for s in plan.todo} | {m.key for m in plan.pending}
     outcome.skipped = [k for k in outcome.keys if k not in todo_keys]
-    failed_skipped = [k for k in outcome.skipped if (latest.get(k) or {}).get("status") == "failed"]
+    failed_skipped = [k for k in outcome.skipped if (plan.latest.get(k) or {}).get("status") == "failed"]
     reporter = make_reporter(progress if main else "none")
     if threads is None:
         threads = getattr(suite, "threads", None)
     own_executor = executor is None
-    n_todo = len(todo) + len(pending)
+    n_todo = len(plan.todo) + len(plan.pending)
     executor = executor or make_executor(workers, threads, cluster)
     try:
         reporter.suite_started(name, len(outcome.keys), len(outcome.keys) - n_todo, n_todo, store.path)
@@ -441,12 +440,7 @@ def run_suite(
                 reporter.run_finished(m.placeholder(), record)
             if tasks:
                 _run_round(tasks, executor, reporter, store, outcome, name, dist, main, world)
-        latest = store.latest() if main else {}
-        outcome.statuses = {k: latest[k]["status"] for k in outcome.keys if k in latest}
-        if world > 1:  # every rank returns rank 0's outcome
-            from subsetlab.distributed import broadcast_object
-
-            outcome.statuses = broadcast_object(dist, outcome.statuses)
+        outcome.statuses = _final_statuses(store, outcome.keys, dist, main)
         outcome.seconds = time.perf_counter() - t0
         reporter.suite_finished(outcome)
     finally:
@@ -454,6 +448,17 @@ def run_suite(
         if own_executor:
             executor.close()
     return outcome
+
+
+def _final_statuses(store: ResultsStore, keys: list[str], dist: Any, main: bool) -> dict[str, str]:
+    """The latest status of every key (rank 0's file; every rank returns rank 0's answer)."""
+    latest = store.latest() if main else {}
+    statuses = {k: latest[k]["status"] for k in keys if k in latest}
+    if getattr(dist, "world_size", 1) > 1:
+        from subsetlab.distributed import broadcast_object
+
+        statuses = broadcast_object(dist, statuses)
+    return statuses
 
 
 def _run_round(

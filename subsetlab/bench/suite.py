@@ -53,18 +53,13 @@ fraction, so a suite resumes without redoing or losing it.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
-    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
@@ -79,6 +74,16 @@ from subsetlab.config import (
     TrainerConfig,
 )
 from subsetlab.errors import ConfigError, RegistryError
+
+from subsetlab.bench.entries import (
+    _RUNS_NOTHING,
+    StrategyEntry,
+    _join,
+    _parse_entry,
+    _pydantic_problems,
+    _strategy_problems,
+)
+from subsetlab.bench.matching import FORWARD_COST, TimeMatch, run_cost
 
 __all__ = [
     "ALL_STRATEGIES",
@@ -102,220 +107,8 @@ FULL = "full"
 #: Strategy name (and default label) of the baseline that time-matched runs use.
 BASELINE = "random"
 #: Default cost of one extra forward example in ``time_match = "work"``, in training-backprop
-#: units (a training example = one forward + one backward pass = 1).
-FORWARD_COST = 1.0 / 3.0
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-_RUNS_NOTHING = "the suite runs nothing"
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, str):
-        return v if re.fullmatch(r"[A-Za-z0-9_.\-]+", v) else json.dumps(v)
-    return json.dumps(v, sort_keys=True, separators=(",", ":"), default=str)
-
-
-class StrategyEntry(FrozenConfig):
-    """One strategy of a suite: its validated config and the label shown in reports.
-
-    Built from ``"crest[tau=0.05]"``, from a table ``{name = "crest", tau = 0.05, label =
-    "CREST 0.05"}``, or from ``{config = {...}, label = ...}`` (the dumped form).
-
-    Attributes:
-        config: The strategy's validated config (a subclass of
-            :class:`~subsetlab.config.StrategyConfig`).
-        label: Display name; defaults to the strategy name followed by the parameters that
-            differ from the defaults, e.g. ``crest[tau=0.05]``.
-    """
-
-    config: SerializeAsAny[StrategyConfig]
-    label: str | None = Field(None, min_length=1, max_length=80)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_shorthand(cls, data: Any) -> Any:
-        from subsetlab import registry
-
-        if isinstance(data, (str, StrategyConfig)):
-            return {"config": registry.make_config(data)}
-        if isinstance(data, Mapping) and "config" not in data:
-            params = dict(data)
-            label = params.pop("label", None)
-            return {"config": registry.make_config(params), "label": label}
-        if isinstance(data, Mapping) and not isinstance(data["config"], StrategyConfig):
-            return {**data, "config": registry.make_config(data["config"])}
-        return data
-
-    @property
-    def display_name(self) -> str:
-        """The label, or ``name[param=value,...]`` with the non-default parameters."""
-        if self.label:
-            return self.label
-        changed = self.config.model_dump(mode="json", exclude_defaults=True)
-        changed.pop("name", None)
-        if not changed:
-            return self.config.name
-        inner = ",".join(f"{k}={_fmt_value(v)}" for k, v in sorted(changed.items()))
-        return f"{self.config.name}[{inner}]"
-
-
-def run_cost(result: Mapping[str, Any] | None, mode: str, forward_cost: float = FORWARD_COST) -> float | None:
-    """The cost a time-matched run is matched on, from a record's ``result``.
-
-    Args:
-        result: A run record's ``result`` (``RunResult.to_dict()``), or None.
-        mode: ``"wall"``: ``timings.total - timings.eval - timings.setup``, wall seconds
-            without evaluation and set-up;
-            ``"work"``: ``backprop + forward_cost * forward + (1 - forward_cost) * (backward +
-            hvp)`` examples of ``result.work``, in training-backprop units.
-        forward_cost: Cost of an extra forward example (``"work"`` only).
-
-    Returns:
-        The cost, or None when the result lacks the numbers it needs.
-    """
-
-    def num(x: Any) -> float | None:
-        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-        return float(x) if ok else None
-
-    if not isinstance(result, Mapping):
-        return None
-    if mode == "wall":
-        t = result.get("timings") or {}
-        total = num(t.get("total"))
-        return None if total is None else total - (num(t.get("eval")) or 0.0) - (num(t.get("setup")) or 0.0)
-    w = result.get("work") or {}
-    bp = num(w.get("backprop_examples"))
-    if bp is None:
-        return None
-    extra_back = (num(w.get("backward_examples")) or 0.0) + (num(w.get("hvp_examples")) or 0.0)
-    return bp + forward_cost * (num(w.get("forward_examples")) or 0.0) + (1.0 - forward_cost) * extra_back
-
-
-_UNITS = {"wall": "seconds without evaluation and set-up", "work": "backprop-example units"}
-
-
-@dataclass(frozen=True)
-class TimeMatch:
-    """A time-matched Random run: the baseline at the budget that gives it a strategy's cost.
-
-    It depends on two runs of the suite: the strategy's (``strategy``) and the baseline's at
-    the same budget f and seed (``baseline``). Once both have records,
-    :meth:`resolve` gives the run: the baseline's spec with fraction
-    ``f' = min(1, f * cost(strategy) / cost(baseline))`` (see :func:`run_cost`) and the label
-    :attr:`label`.
-
-    Attributes:
-        strategy: The matched strategy's run at budget f.
-        baseline: The Random baseline's run at the same budget, data, model and seed.
-        mode: ``"wall"`` or ``"work"`` (see :func:`run_cost`).
-        forward_cost: Cost of an extra forward example under ``"work"``.
-    """
-
-    strategy: RunSpec
-    baseline: RunSpec
-    mode: Literal["wall", "work"] = "wall"
-    forward_cost: float = FORWARD_COST
-
-    @property
-    def key(self) -> str:
-        """The run's key in the results: a hash of what it is matched to (the two runs' keys,
-        the mode and, under ``"work"``, the forward cost), not of its measured fraction."""
-        ident: dict[str, Any] = {
-            "time_match": self.mode,
-            "strategy": self.strategy.key,
-            "baseline": self.baseline.key,
-        }
-        if self.mode == "work":
-            ident["forward_cost"] = self.forward_cost
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def label(self) -> str:
-        """``baseline@strategy``, e.g. ``random@crest``."""
-        return f"{self.baseline.display_name}@{self.strategy.display_name}"
-
-    @property
-    def budget(self) -> float:
-        """The budget fraction f of the two runs it is matched between."""
-        return self.baseline.trainer.fraction
-
-    def placeholder(self) -> RunSpec:
-        """The baseline's spec at f with this run's label (what a record shows before the
-        fraction is known, e.g. when the run cannot be made)."""
-        return self._spec(self.budget)
-
-    def _spec(self, fraction: float) -> RunSpec:
-        d = self.baseline.model_dump(mode="json")
-        d["trainer"] = {**d["trainer"], "fraction": fraction}
-        d["label"] = self.label
-        return RunSpec.model_validate(d)
-
-    def info(self) -> dict[str, Any]:
-        """The ``match`` field of the run's record, before the run: what it is matched to."""
-        out: dict[str, Any] = {
-            "to": self.strategy.display_name,
-            "to_key": self.strategy.key,
-            "baseline": self.baseline.display_name,
-            "baseline_key": self.baseline.key,
-            "mode": self.mode,
-            "unit": _UNITS[self.mode],
-            "budget": self.budget,
-        }
-        if self.mode == "work":
-            out["forward_cost"] = self.forward_cost
-        return out
-
-    def resolve(
-        self, strategy_record: Mapping[str, Any] | None, baseline_record: Mapping[str, Any] | None
-    ) -> tuple[RunSpec | None, dict[str, Any]]:
-        """The run to make, from the latest records of the two runs it depends on.
-
-        Returns:
-            ``(spec, match)``: the baseline's spec at the matched fraction, and the record's
-            ``match`` field (:meth:`info` plus ``target``, the strategy's cost;
-            ``baseline_cost``; ``unclamped_fraction`` = f * target / baseline_cost;
-            ``fraction``, clamped to at most 1; ``clamped``). When the run cannot be made
-            (a record missing or failed, a cost missing or not positive), ``spec`` is None and
-            ``match["reason"]`` says why.
-        """
-        info = self.info()
-        parts = (("strategy", strategy_record, self.strategy), ("baseline", baseline_record, self.baseline))
-        costs = {}
-        for what, rec, spec in parts:
-            name = f"{spec.display_name!r} (run {spec.key}, f={spec.trainer.fraction:g}, seed {spec.seed})"
-            if rec is None:
-                return None, {**info, "reason": f"the run of {name} has no record"}
-            if rec.get("status") != "ok":
-                err = rec.get("error") or {}
-                first = (str(err.get("message") or "").strip().splitlines() or [""])[0][:200]
-                why = f"{err.get('type', 'failed')}: {first}" if first else str(err.get("type", "failed"))
-                return None, {**info, "reason": f"the run of {name} failed ({why}); no matched run is made"}
-            cost = run_cost(rec.get("result"), self.mode, self.forward_cost)
-            if cost is None or cost <= 0.0:
-                return None, {
-                    **info,
-                    "reason": f"the run of {name} has no positive cost to match ({_UNITS[self.mode]}: {cost})",
-                }
-            costs[what] = cost
-        unclamped = self.budget * costs["strategy"] / costs["baseline"]
-        fraction = min(1.0, unclamped)
-        info.update(
-            target=costs["strategy"],
-            baseline_cost=costs["baseline"],
-            unclamped_fraction=unclamped,
-            fraction=fraction,
-            clamped=unclamped > 1.0,
-        )
-        return self._spec(fraction), info
-
-    def finish(self, match: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
-        """``match`` completed with the finished run's ``cost`` and ``achieved_ratio`` (its cost
-        / the target; None when the run failed)."""
-        cost = run_cost(record.get("result"), self.mode, self.forward_cost) if record.get("status") == "ok" else None
-        target = match.get("target")
-        ratio = cost / target if cost is not None and target else None
-        return {**match, "cost": cost, "achieved_ratio": ratio}
 
 
 Budget = Annotated[float, Field(gt=0.0, le=1.0)]
@@ -471,7 +264,7 @@ class Suite(FrozenConfig):
             suite = cls.model_validate(d)
         except ValidationError as exc:
             # a list emptied by its own bad entries does not also "run nothing": those are reported
-            problems.extend(p for p in _pydantic_problems(exc) if not (bad_strategies and _RUNS_NOTHING in p))
+            problems.extend(p for p in _pydantic_problems(exc, cls) if not (bad_strategies and _RUNS_NOTHING in p))
             suite = None
         except (ConfigError, RegistryError) as exc:  # pragma: no cover - defensive
             problems.append(str(exc))
@@ -809,95 +602,3 @@ def parse_list(text: str, kind: type = float, what: str = "value") -> list:
     return out
 
 
-# ---------------------------------------------------------------------- errors
-def _parse_entry(entry: Any) -> StrategyEntry:
-    """Build a :class:`StrategyEntry`, raising ConfigError / RegistryError unwrapped."""
-    from subsetlab import registry
-
-    if isinstance(entry, StrategyEntry):
-        return entry
-    if isinstance(entry, (str, StrategyConfig)):
-        return StrategyEntry(config=registry.make_config(entry))
-    if isinstance(entry, Mapping):
-        params = dict(entry)
-        if "config" in params:
-            cfg, label = params.pop("config"), params.pop("label", None)
-            if params:
-                raise ConfigError(f"unknown keys {sorted(params)} next to 'config'; remove them.")
-        else:
-            label = params.pop("label", None)
-            cfg = params
-        if label is not None and (not isinstance(label, str) or not label.strip()):
-            raise ConfigError(f"label must be a non-empty string. Got {label!r}.", [{"loc": ("label",)}])
-        return StrategyEntry(config=registry.make_config(cfg), label=label)
-    raise ConfigError(
-        f"a strategy must be a name, 'name[key=value]' or a table with a 'name' key. Got "
-        f"{type(entry).__name__} {entry!r:.60}."
-    )
-
-
-def _strategy_problems(i: int, entry: Any, exc: Exception) -> list[str]:
-    where = f"strategies[{i}]"
-    errors = getattr(exc, "errors", None) or []
-    lines = str(exc).splitlines()
-    if errors and len(errors) == len(lines):
-        out = []
-        for err, line in zip(errors, lines):
-            loc = ".".join(str(p) for p in err.get("loc", ()))
-            out.append(f"{where}.{loc}: {line}" if loc else f"{where}: {line}")
-        return out
-    return [f"{where}: {msg}" for msg in [str(exc)]]
-
-
-_HINTS = {
-    "budgets": "Budgets are fractions of the training set in (0, 1], e.g. budgets = [0.1, 0.3].",
-    "seeds": "Seeds are distinct non-negative integers, e.g. seeds = [0, 1, 2].",
-    "name": "Use letters, digits, '.', '_' and '-' (it names the results folder).",
-    "time_match": 'Use "wall" (wall seconds without evaluation) or "work" (forward+backward work).',
-    "forward_cost": "The cost of a forward example relative to a training backprop example, in (0, 1); "
-    "default 1/3.",
-}
-
-_SECTION_MODELS = {"datasets": DataConfig, "models": ModelConfig, "trainer": TrainerConfig}
-
-
-def _path(loc: tuple) -> str:
-    out = ""
-    for p in loc:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += f".{p}" if out else str(p)
-    return out or "(suite)"
-
-
-def _pydantic_problems(exc: ValidationError) -> list[str]:
-    lines = []
-    errors = exc.errors(include_url=False)
-    # pydantic puts union/validator branches in the loc as strings like 'function-after[...]'
-    locs = [tuple(p for p in e.get("loc", ()) if not (isinstance(p, str) and "[" in p)) for e in errors]
-    for err, loc in zip(errors, locs):
-        if err.get("type") == "too_short" and any(o[: len(loc)] == loc and len(o) > len(loc) for o in locs):
-            continue  # a list emptied by its own failing items: those are reported instead
-        path = _path(loc)
-        kind, msg = err.get("type", ""), err.get("msg", "")
-        shown = repr(err.get("input"))
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        if kind == "extra_forbidden":
-            parent = loc[0] if len(loc) > 1 else None
-            model = _SECTION_MODELS.get(parent, Suite) if parent is not None else Suite
-            allowed = ", ".join(f for f in model.model_fields if not (model is TrainerConfig and f == "fraction"))
-            lines.append(f"{path}: unknown key (value {shown}). Check its spelling; allowed keys here: {allowed}.")
-        elif kind == "missing":
-            lines.append(f"{path}: required; add it.")
-        else:
-            msg = msg.removeprefix("Value error, ")
-            hint = _HINTS.get(str(loc[0]) if loc else "", "")
-            lines.append(f"{path}: {msg}. Got {shown}.{' ' + hint if hint else ''}")
-    return lines
-
-
-def _join(source: str, problems: list[str]) -> str:
-    if len(problems) == 1:
-        return f"Invalid suite {source}: {problems[0]}"
-    return f"Invalid suite {source}:\n" + "\n".join(f"  {p}" for p in problems)
