@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Suite": "subsetlab.bench.suite",
-    "StrategyEntry": "subsetlab.bench.suite",
+    "StrategyEntry": "subsetlab.bench.entries",
     "load_suite": "subsetlab.bench.suite",
     "load_default_suite": "subsetlab.bench.suite",
     "run_suite": "subsetlab.bench.runner",
-    "execute_run": "subsetlab.bench.runner",
+    "execute_run": "subsetlab.bench.execute",
     "SuiteOutcome": "subsetlab.bench.runner",
-    "Executor": "subsetlab.bench.runner",
-    "SequentialExecutor": "subsetlab.bench.runner",
-    "LocalProcessExecutor": "subsetlab.bench.runner",
+    "Executor": "subsetlab.bench.executors",
+    "SequentialExecutor": "subsetlab.bench.executors",
+    "LocalProcessExecutor": "subsetlab.bench.executors",
     "DaskExecutor": "subsetlab.bench.dask_executor",
-    "Reporter": "subsetlab.bench.runner",
+    "Reporter": "subsetlab.bench.progress",
     "ResultsStore": "subsetlab.bench.store",
     "ResultsWarning": "subsetlab.bench.store",
     "read_records": "subsetlab.bench.store",
@@ -80,18 +80,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from subsetlab.bench.dask_executor import DaskExecutor
     from subsetlab.bench.plots import make_plots
     from subsetlab.bench.report import aggregate, to_markdown, write_report
-    from subsetlab.bench.runner import (
-        Executor,
-        LocalProcessExecutor,
-        Reporter,
-        SequentialExecutor,
-        SuiteOutcome,
-        execute_run,
-        run_suite,
-    )
+    from subsetlab.bench.entries import StrategyEntry
+    from subsetlab.bench.execute import execute_run
+    from subsetlab.bench.executors import Executor, LocalProcessExecutor, SequentialExecutor
+    from subsetlab.bench.progress import Reporter
+    from subsetlab.bench.runner import SuiteOutcome, run_suite
     from subsetlab.bench.store import ResultsStore, ResultsWarning, read_records
     from subsetlab.bench.suite import (
-        StrategyEntry,
         Suite,
         load_default_suite,
         load_suite,

@@ -8,9 +8,9 @@ Why Dask (``dask.distributed``) and not Ray:
 * a ``LocalCluster`` gives real worker processes on one machine (tests, a workstation), and a
   cluster is two commands: ``dask scheduler`` on one host and ``dask worker tcp://host:8786``
   on each of the others (or any deployment: dask-jobqueue, Kubernetes, ...);
-* its futures API maps one to one onto :meth:`~subsetlab.bench.runner.Executor.run`: submit
-  :func:`~subsetlab.bench.runner.execute_run` with
-  :func:`~subsetlab.bench.runner.task_payload` per spec, then ``as_completed``;
+* its futures API maps one to one onto :meth:`~subsetlab.bench.executors.Executor.run`: submit
+  :func:`~subsetlab.bench.execute.execute_run` with
+  :func:`~subsetlab.bench.execute.task_payload` per spec, then ``as_completed``;
 * resumption is unchanged: workers only compute and return records, the parent alone appends
   them to the results file, so an interrupted suite resumes exactly like a local one.
 
@@ -21,7 +21,7 @@ need.
 Requirements on the workers: every worker needs ``subsetlab`` (and the strategies' and
 datasets' dependencies) installed, in a version compatible with the parent's. A strategy
 registered at runtime (not through an entry point) is found by importing the module that
-defines its class (:func:`~subsetlab.bench.runner.task_payload` sends its name), so that
+defines its class (:func:`~subsetlab.bench.execute.task_payload` sends its name), so that
 module must be importable on every worker: install it there, put it on the workers'
 ``PYTHONPATH``, or send it with ``executor.client.upload_file("my_strategy.py", load=False)``.
 
@@ -124,7 +124,7 @@ class DaskExecutor(Executor):
 
     A worker process that dies is restarted by its nanny and Dask retries its run elsewhere;
     after ``distributed.scheduler.allowed-failures`` deaths (default 3) the run is recorded
-    as failed (``KilledWorker``). As with :class:`~subsetlab.bench.runner.LocalProcessExecutor`,
+    as failed (``KilledWorker``). As with :class:`~subsetlab.bench.executors.LocalProcessExecutor`,
     a script that starts a ``LocalCluster`` needs the ``if __name__ == "__main__":`` guard
     (workers are started with ``spawn``).
 

@@ -10,7 +10,7 @@ failing run: an exception anywhere (data loading, model building, a strategy bug
 a record with ``status="failed"`` and the error, and the suite goes on.
 
 With the suite option ``time_matched``, a suite also has time-matched Random runs
-(:class:`~subsetlab.bench.suite.TimeMatch`), whose fraction comes from the records of two
+(:class:`~subsetlab.bench.matching.TimeMatch`), whose fraction comes from the records of two
 other runs; :func:`run_suite` runs them in a second round on the same executor (see there).
 
 Executors are small and pluggable: :class:`SequentialExecutor` runs in this process (with a
@@ -390,12 +390,12 @@ def run_suite(
     every run of :meth:`~subsetlab.bench.suite.Suite.expand` without a record, plus the
     time-matched runs whose two runs (the strategy's and the plain baseline's at the same
     budget and seed) already have records. Round two: the other time-matched runs, their
-    fractions computed (:meth:`~subsetlab.bench.suite.TimeMatch.resolve`, on rank 0 in a
+    fractions computed (:meth:`~subsetlab.bench.matching.TimeMatch.resolve`, on rank 0 in a
     distributed suite) from the records round one wrote. A matched run whose strategy or
     baseline run failed is not run: it gets a ``failed`` record (error type
     ``MatchUnavailable``) giving the reason, and is made again with ``retry_failed`` once
     the run it depends on succeeds. Matched runs are keyed by
-    :attr:`~subsetlab.bench.suite.TimeMatch.key` (what they are matched to), so a resumed
+    :attr:`~subsetlab.bench.matching.TimeMatch.key` (what they are matched to), so a resumed
     suite neither redoes nor loses them.
 
     Before any run starts, the data set of every run to make is checked
