@@ -186,6 +186,56 @@ def _check_classes(ds: IndexedDataset, class_names: list[str] | None, cause: str
         )
 
 
+def _subsample_train(train: IndexedDataset, name: str, seed: int, n_train: int | None) -> IndexedDataset:
+    """``n_train`` stratified training examples (at least one per class present), or all."""
+    n_avail = len(train)
+    if n_train is not None and int(n_train) < n_avail:
+        n_train = int(n_train)
+        counts = train.class_counts()
+        present = int((counts > 0).sum())
+        if n_train < present:
+            raise DataError(
+                f"Dataset {name!r}: n_train={n_train} cannot keep one training example of each of "
+                f"its {present} classes (a class would have no training examples). Raise n_train "
+                f"to at least {present}."
+            )
+        sizes = stratified_sizes(counts, n_train, lower=counts.clamp(max=1))
+        keep, _ = stratified_split(train.y, sizes, torch_generator(seed, "split", name, "n_train", n_avail, n_train))
+        train = train.subset(keep)
+    elif n_train is not None and int(n_train) > n_avail:
+        raise ConfigError(
+            f"The 'n_train' parameter of DataConfig is {n_train} but dataset {name!r} has only "
+            f"{n_avail} training examples. Lower n_train or remove it to use them all."
+        )
+
+    return train
+
+
+def _split_validation(
+    train: IndexedDataset, name: str, seed: int, val_fraction: float
+) -> tuple[IndexedDataset, IndexedDataset | None]:
+    """A stratified validation split of ``val_fraction`` of ``train`` (every class keeps one)."""
+    val = None
+    pool = len(train)
+    if val_fraction > 0.0:
+        n_val = max(1, round_half_up(val_fraction * pool))
+        counts = train.class_counts()
+        try:
+            sizes = stratified_sizes(counts, n_val, upper=(counts - 1).clamp(min=0))
+        except DataError:
+            raise DataError(
+                f"Dataset {name!r}: a validation split of {n_val} of the {pool} training examples "
+                f"(val_fraction={val_fraction}) would leave a class with no training examples. "
+                f"Lower val_fraction or raise n_train."
+            ) from None
+        val_idx, train_idx = stratified_split(
+            train.y, sizes, torch_generator(seed, "split", name, "val", pool, n_val)
+        )
+        val = train.subset(val_idx, f"{name}-val")
+        train = train.subset(train_idx)
+    return train, val
+
+
 def _prepare(
     raw: RawData,
     *,
@@ -218,43 +268,8 @@ def _prepare(
                    "remap the labels to the classes present.")
     n_avail = len(train)
 
-    if n_train is not None and int(n_train) < n_avail:
-        n_train = int(n_train)
-        counts = train.class_counts()
-        present = int((counts > 0).sum())
-        if n_train < present:
-            raise DataError(
-                f"Dataset {name!r}: n_train={n_train} cannot keep one training example of each of "
-                f"its {present} classes (a class would have no training examples). Raise n_train "
-                f"to at least {present}."
-            )
-        sizes = stratified_sizes(counts, n_train, lower=counts.clamp(max=1))
-        keep, _ = stratified_split(train.y, sizes, torch_generator(seed, "split", name, "n_train", n_avail, n_train))
-        train = train.subset(keep)
-    elif n_train is not None and int(n_train) > n_avail:
-        raise ConfigError(
-            f"The 'n_train' parameter of DataConfig is {n_train} but dataset {name!r} has only "
-            f"{n_avail} training examples. Lower n_train or remove it to use them all."
-        )
-
-    val = None
-    pool = len(train)
-    if val_fraction > 0.0:
-        n_val = max(1, round_half_up(val_fraction * pool))
-        counts = train.class_counts()
-        try:
-            sizes = stratified_sizes(counts, n_val, upper=(counts - 1).clamp(min=0))
-        except DataError:
-            raise DataError(
-                f"Dataset {name!r}: a validation split of {n_val} of the {pool} training examples "
-                f"(val_fraction={val_fraction}) would leave a class with no training examples. "
-                f"Lower val_fraction or raise n_train."
-            ) from None
-        val_idx, train_idx = stratified_split(
-            train.y, sizes, torch_generator(seed, "split", name, "val", pool, n_val)
-        )
-        val = train.subset(val_idx, f"{name}-val")
-        train = train.subset(train_idx)
+    train = _subsample_train(train, name, seed, n_train)
+    train, val = _split_validation(train, name, seed, val_fraction)
     train.name, test.name = f"{name}-train", f"{name}-test"
     _check_classes(train, names, "after the validation split", "Lower val_fraction or raise n_train.")
 
