@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from subsetlab.errors import SubsetlabError
+from subsetlab.errors import DistributedError
 from subsetlab.protocol import DistView
 
 __all__ = [
@@ -66,10 +66,6 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 _OPS = ("sum", "max", "min", "mean")
 _PEER_ERRORS = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "died with exit code")
-
-
-class DistributedError(SubsetlabError, RuntimeError):
-    """A distributed run could not start, a rank failed, or the ranks did not finish in time."""
 
 
 def env_rank_world() -> tuple[int, int, int]:

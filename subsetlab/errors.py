@@ -22,6 +22,9 @@ __all__ = [
     "StrategyFailure",
     "CheckpointError",
     "MissingDependencyError",
+    "DistributedError",
+    "ClusterConnectionError",
+    "DaskNotInstalledError",
     "missing_dependency",
     "unknown_name_message",
 ]
@@ -106,6 +109,18 @@ class CheckpointError(SubsetlabError, ValueError):
 
 class MissingDependencyError(SubsetlabError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class DaskNotInstalledError(MissingDependencyError):
+    """Dask distributed, needed by :class:`~subsetlab.bench.dask_executor.DaskExecutor`, is not installed."""
+
+
+class DistributedError(SubsetlabError, RuntimeError):
+    """A distributed run could not start, a rank failed, or the ranks did not finish in time."""
+
+
+class ClusterConnectionError(SubsetlabError, OSError):
+    """The Dask scheduler at the given address could not be reached."""
 
 
 def unknown_name_message(kind: str, name: object, known: list[str]) -> str:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from subsetlab.errors import ConfigError
 from subsetlab.bench.report import ReportRow, RunView, Stat, load_runs, run_views
 
 __all__ = [
@@ -195,7 +196,7 @@ def write_analytics(
             p = out / "analytics.csv"
             p.write_text(analytics_csv(rows), encoding="utf-8")
         else:
-            raise ValueError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
+            raise ConfigError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
         written[f"analytics_{fmt}"] = p
     return written
 

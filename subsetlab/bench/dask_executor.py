@@ -48,19 +48,11 @@ from subsetlab.bench.execute import _now, available_cores, execute_run, failure_
 from subsetlab.bench.executors import Executor
 from subsetlab.bench.progress import Reporter
 from subsetlab.config import RunSpec
-from subsetlab.errors import MissingDependencyError, SubsetlabError
+from subsetlab.errors import ClusterConnectionError, ConfigError, DaskNotInstalledError
 
 __all__ = ["ClusterConnectionError", "DaskExecutor", "DaskNotInstalledError"]
 
 INSTALL_HINT = 'pip install "subsetlab[cluster]"'
-
-
-class DaskNotInstalledError(MissingDependencyError):
-    """Dask distributed, needed by :class:`DaskExecutor`, is not installed."""
-
-
-class ClusterConnectionError(SubsetlabError, OSError):
-    """The Dask scheduler at the given address could not be reached."""
 
 
 def _import_distributed() -> Any:
@@ -164,18 +156,18 @@ class DaskExecutor(Executor):
         cluster_options: Mapping[str, Any] | None = None,
     ) -> None:
         if address is not None and client is not None:
-            raise ValueError("Give DaskExecutor a scheduler address or a client, not both.")
+            raise ConfigError("Give DaskExecutor a scheduler address or a client, not both.")
         local = address is None and client is None
         if not local and (n_workers is not None or cluster_options):
-            raise ValueError(
+            raise ConfigError(
                 "n_workers and cluster_options only apply to the LocalCluster DaskExecutor starts "
                 "when neither address nor client is given; size a remote cluster with its workers."
             )
         for name, value in (("threads", threads), ("n_workers", n_workers), ("max_inflight", max_inflight)):
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1. Got {value}.")
+                raise ConfigError(f"{name} must be >= 1. Got {value}.")
         if threads_per_worker < 1:
-            raise ValueError(f"threads_per_worker must be >= 1. Got {threads_per_worker}.")
+            raise ConfigError(f"threads_per_worker must be >= 1. Got {threads_per_worker}.")
         distributed = _import_distributed()
         self.max_inflight = max_inflight
         self.cluster: Any = None

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from subsetlab.errors import ConfigError
 from subsetlab.bench.execute import _now, available_cores, execute_run, failure_record, task_payload
 from subsetlab.bench.progress import Reporter
 from subsetlab.config import RunSpec
@@ -101,7 +102,7 @@ class LocalProcessExecutor(Executor):
 
     def __init__(self, workers: int, threads: int | None = None) -> None:
         if workers < 1:
-            raise ValueError(f"workers must be >= 1. Got {workers}.")
+            raise ConfigError(f"workers must be >= 1. Got {workers}.")
         self.workers = workers
         self.threads = threads or max(1, available_cores() // workers)
         self._pool: Any = None

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from subsetlab.errors import ConfigError
 from subsetlab.config import RunSpec
 
 if TYPE_CHECKING:  # type-only: the runner imports this module
@@ -199,6 +200,6 @@ def make_reporter(progress: bool | str | Reporter | None = None) -> Reporter:
         return LineReporter()
     if progress is False or progress == "none":
         return Reporter()
-    raise ValueError(f"progress must be 'auto', 'bar', 'lines', 'none', a bool or a Reporter. Got {progress!r}.")
+    raise ConfigError(f"progress must be 'auto', 'bar', 'lines', 'none', a bool or a Reporter. Got {progress!r}.")
 
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from subsetlab.errors import ConfigError
 from subsetlab.bench.store import latest_by_key, read_records
 
 __all__ = [
@@ -544,7 +545,7 @@ def write_report(
             p = out / "report.csv"
             p.write_text(to_csv(rows), encoding="utf-8")
         else:
-            raise ValueError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
+            raise ConfigError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
         written[fmt] = p
     from subsetlab.bench.analytics import write_analytics
 

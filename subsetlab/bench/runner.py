@@ -93,7 +93,7 @@ def make_executor(workers: int = 1, threads: int | None = None, cluster: str | N
             string is the address of a running Dask scheduler (``"tcp://host:8786"``).
 
     Raises:
-        subsetlab.bench.dask_executor.DaskNotInstalledError: ``cluster`` given but Dask
+        subsetlab.errors.DaskNotInstalledError: ``cluster`` given but Dask
             distributed is not installed.
     """
     if cluster:
