@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, NamedTuple, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -139,6 +139,29 @@ def _unknown_key_hint(model: type[BaseModel] | None, loc: tuple) -> str:
     return f"Accepted{where}: {keys}."
 
 
+class Problem(NamedTuple):
+    """One pydantic error, normalised: where, pydantic's error type, the message without
+    pydantic's ``"Value error, "`` prefix, and the offending value's repr cut to a width."""
+
+    loc: tuple
+    kind: str
+    msg: str
+    shown: str
+
+
+def validation_problems(exc: ValidationError, width: int = 80, locs: list[tuple] | None = None) -> list[Problem]:
+    """The errors of ``exc`` as :class:`Problem` s, the one reading of pydantic's errors that
+    :func:`format_validation_error` and the suite's messages share (``locs`` overrides each loc)."""
+    out = []
+    for i, err in enumerate(exc.errors(include_url=False)):
+        shown = repr(err.get("input", None))
+        if len(shown) > width:
+            shown = shown[: width - 3] + "..."
+        loc = locs[i] if locs is not None else tuple(err.get("loc", ()))
+        out.append(Problem(loc, err.get("type", ""), err.get("msg", "").removeprefix("Value error, "), shown))
+    return out
+
+
 def format_validation_error(
     exc: ValidationError, title: str | None = None, model: type[BaseModel] | None = None
 ) -> str:
@@ -153,25 +176,18 @@ def format_validation_error(
     """
     title = title or exc.title
     lines = []
-    for err in exc.errors(include_url=False):
-        raw_loc = tuple(err.get("loc", ()))
-        loc = _fmt_loc(raw_loc)
-        value = err.get("input", None)
-        kind = err.get("type", "")
-        msg = err.get("msg", "")
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        if kind == "extra_forbidden":
+    for prob in validation_problems(exc, width=80):
+        loc = _fmt_loc(prob.loc)
+        if prob.kind == "extra_forbidden":
             lines.append(
-                f"{title} got an unknown parameter {loc!r} (value {shown}). Remove it or "
-                f"check its spelling. {_unknown_key_hint(_holder(model, raw_loc), raw_loc)}"
+                f"{title} got an unknown parameter {loc!r} (value {prob.shown}). Remove it or "
+                f"check its spelling. {_unknown_key_hint(_holder(model, prob.loc), prob.loc)}"
             )
-        elif kind == "missing":
+        elif prob.kind == "missing":
             lines.append(f"The {loc!r} parameter of {title} is required. Add it.")
         else:
-            msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ").rstrip(".")
-            lines.append(f"The {loc!r} parameter of {title}: {msg}. Got {shown} instead.")
+            msg = prob.msg.removeprefix("Assertion failed, ").rstrip(".")
+            lines.append(f"The {loc!r} parameter of {title}: {msg}. Got {prob.shown} instead.")
     return "\n".join(lines) if lines else str(exc)
 
 

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from subsetlab.config import (
+    validation_problems,
     DataConfig,
     FrozenConfig,
     ModelConfig,
@@ -146,27 +147,23 @@ def _path(loc: tuple) -> str:
 def _pydantic_problems(exc: ValidationError, top: type) -> list[str]:
     """Pydantic's errors as ``path: problem`` lines; ``top`` is the model validated (the suite)."""
     lines = []
-    errors = exc.errors(include_url=False)
     # pydantic puts union/validator branches in the loc as strings like 'function-after[...]'
-    locs = [tuple(p for p in e.get("loc", ()) if not (isinstance(p, str) and "[" in p)) for e in errors]
-    for err, loc in zip(errors, locs):
-        if err.get("type") == "too_short" and any(o[: len(loc)] == loc and len(o) > len(loc) for o in locs):
+    locs = [tuple(p for p in e.get("loc", ()) if not (isinstance(p, str) and "[" in p)) for e in exc.errors(include_url=False)]
+    for prob in validation_problems(exc, width=60, locs=locs):
+        loc = prob.loc
+        if prob.kind == "too_short" and any(o[: len(loc)] == loc and len(o) > len(loc) for o in locs):
             continue  # a list emptied by its own failing items: those are reported instead
         path = _path(loc)
-        kind, msg = err.get("type", ""), err.get("msg", "")
-        shown = repr(err.get("input"))
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        if kind == "extra_forbidden":
+        if prob.kind == "extra_forbidden":
             parent = loc[0] if len(loc) > 1 else None
             model = _SECTION_MODELS.get(parent, top) if parent is not None else top
             allowed = ", ".join(f for f in model.model_fields if not (model is TrainerConfig and f == "fraction"))
-            lines.append(f"{path}: unknown key (value {shown}). Check its spelling; allowed keys here: {allowed}.")
-        elif kind == "missing":
+            lines.append(f"{path}: unknown key (value {prob.shown}). Check its spelling; allowed keys here: {allowed}.")
+        elif prob.kind == "missing":
             lines.append(f"{path}: required; add it.")
         else:
-            msg = msg.removeprefix("Value error, ")
             hint = _HINTS.get(str(loc[0]) if loc else "", "")
-            lines.append(f"{path}: {msg}. Got {shown}.{' ' + hint if hint else ''}")
+            lines.append(f"{path}: {prob.msg}. Got {prob.shown}.{' ' + hint if hint else ''}")
     return lines
 
 
