@@ -58,16 +58,8 @@ class StrategyEntry(FrozenConfig):
     @model_validator(mode="before")
     @classmethod
     def _from_shorthand(cls, data: Any) -> Any:
-        from subsetlab import registry
-
-        if isinstance(data, (str, StrategyConfig)):
-            return {"config": registry.make_config(data)}
-        if isinstance(data, Mapping) and "config" not in data:
-            params = dict(data)
-            label = params.pop("label", None)
-            return {"config": registry.make_config(params), "label": label}
-        if isinstance(data, Mapping) and not isinstance(data["config"], StrategyConfig):
-            return {**data, "config": registry.make_config(data["config"])}
+        if isinstance(data, (str, StrategyConfig, Mapping)):
+            return _entry_fields(data)
         return data
 
     @property
@@ -83,14 +75,17 @@ class StrategyEntry(FrozenConfig):
         return f"{self.config.name}[{inner}]"
 
 
-def _parse_entry(entry: Any) -> StrategyEntry:
-    """Build a :class:`StrategyEntry`, raising ConfigError / RegistryError unwrapped."""
+def _entry_fields(entry: Any) -> dict[str, Any]:
+    """The fields of a :class:`StrategyEntry` from ``name``, ``name[k=v]``, a config or a table.
+
+    The one reading of a suite's strategy shorthands, used by the entry's own validation and by
+    :meth:`Suite.from_dict <subsetlab.bench.suite.Suite.from_dict>` (which reports each bad
+    entry with its position). Raises ConfigError / RegistryError.
+    """
     from subsetlab import registry
 
-    if isinstance(entry, StrategyEntry):
-        return entry
     if isinstance(entry, (str, StrategyConfig)):
-        return StrategyEntry(config=registry.make_config(entry))
+        return {"config": registry.make_config(entry)}
     if isinstance(entry, Mapping):
         params = dict(entry)
         if "config" in params:
@@ -102,11 +97,18 @@ def _parse_entry(entry: Any) -> StrategyEntry:
             cfg = params
         if label is not None and (not isinstance(label, str) or not label.strip()):
             raise ConfigError(f"label must be a non-empty string. Got {label!r}.", [{"loc": ("label",)}])
-        return StrategyEntry(config=registry.make_config(cfg), label=label)
+        return {"config": registry.make_config(cfg), "label": label}
     raise ConfigError(
         f"a strategy must be a name, 'name[key=value]' or a table with a 'name' key. Got "
         f"{type(entry).__name__} {entry!r:.60}."
     )
+
+
+def _parse_entry(entry: Any) -> StrategyEntry:
+    """Build a :class:`StrategyEntry`, raising ConfigError / RegistryError unwrapped."""
+    if isinstance(entry, StrategyEntry):
+        return entry
+    return StrategyEntry(**_entry_fields(entry))
 
 
 def _strategy_problems(i: int, entry: Any, exc: Exception) -> list[str]:
