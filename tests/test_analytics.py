@@ -21,7 +21,7 @@ from subsetlab.analytics import (
     quarter_means,
     weight_stats,
 )
-from subsetlab.bench.analytics import (
+from subsetlab.bench.analytics_report import (
     ANALYTICS_FILES,
     aggregate_analytics,
     write_analytics,

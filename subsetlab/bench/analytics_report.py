@@ -1,4 +1,6 @@
-"""Selection analytics in the report: a table and three plots from the runs' ``analytics``.
+"""Selection analytics in the report: a table from the runs' ``analytics`` (the plots are in
+:mod:`subsetlab.bench.plots`). The analytics themselves are recorded during training by
+:mod:`subsetlab.analytics`.
 
 Each run recorded with ``TrainerConfig.analytics`` other than ``"off"`` carries per-selection
 rows, per-pseudo-epoch rows and a per-run summary (see :mod:`subsetlab.analytics`). From them:
@@ -6,7 +8,7 @@ rows, per-pseudo-epoch rows and a per-run summary (see :mod:`subsetlab.analytics
 - :func:`aggregate_analytics` / :func:`write_analytics`: ``analytics.md`` and ``analytics.csv``,
   one row per data set, model, setting, budget and strategy, mean ± sample std over seeds of the
   per-run summaries (see :data:`ANALYTICS_METRICS`);
-- :func:`make_analytics_plots`: ``selections_vs_epoch.png`` (cumulative number of selections
+- :func:`~subsetlab.bench.plots.make_analytics_plots`: ``selections_vs_epoch.png`` (cumulative number of selections
   against training progress, every seed), ``selected_difficulty.png`` (mean forgetting score
   and loss of the selected examples over training) and ``coverage_balance.png`` (share of the
   training set trained on so far, and class imbalance of the selections).
@@ -19,15 +21,13 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
-import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from subsetlab.errors import ConfigError
-from subsetlab.bench.report import ReportRow, RunView, Stat, load_runs, run_views
+from subsetlab.bench.runs import ReportRow, RunView, Stat, load_runs, run_views
 
 __all__ = [
     "ANALYTICS_FILES",
@@ -35,11 +35,10 @@ __all__ = [
     "aggregate_analytics",
     "analytics_csv",
     "analytics_markdown",
-    "make_analytics_plots",
     "write_analytics",
 ]
 
-#: Plot files :func:`make_analytics_plots` may write.
+#: Plot files :func:`~subsetlab.bench.plots.make_analytics_plots` may write.
 ANALYTICS_FILES = ("selections_vs_epoch.png", "selected_difficulty.png", "coverage_balance.png")
 
 #: (summary key, Markdown title, decimals, scale) of every per-run analytics figure; values are
@@ -199,130 +198,3 @@ def write_analytics(
             raise ConfigError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
         written[f"analytics_{fmt}"] = p
     return written
-
-
-# ------------------------------------------------------------------------------ plots
-
-
-def _per_epoch(v: RunView, table: str, key: str) -> dict[int, float]:
-    """Mean of ``key`` per pseudo-epoch over a run's ``selections`` or ``epochs`` rows."""
-    acc: dict[int, list[float]] = {}
-    for r in v.analytics.get(table) or []:
-        x = r.get(key)
-        if isinstance(x, (int, float)) and math.isfinite(x):
-            acc.setdefault(int(r.get("epoch", 0)), []).append(float(x))
-    return {e: statistics.fmean(xs) for e, xs in acc.items()}
-
-
-def _seed_mean(vs: list[RunView], table: str, key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
-    """(pseudo-epoch + 1 for epoch rows / pseudo-epoch for selections, mean over seeds)."""
-    by: dict[int, list[float]] = {}
-    for v in vs:
-        for e, x in _per_epoch(v, table, key).items():
-            by.setdefault(e, []).append(x * scale)
-    es = sorted(by)
-    shift = 1 if table == "epochs" else 0  # an epoch row is the state at the end of the epoch
-    return [e + shift for e in es], [statistics.fmean(by[e]) for e in es]
-
-
-def _panel_grid(views: list[RunView], n_cols: int, w: float = 5.0, h: float = 3.4):
-    from subsetlab.bench.plots import _figure, _panels
-
-    panels, budgets, cells = _panels(views)
-    keys = [(p, b) for p in panels for b in budgets[p]]
-    fig, axes = _figure(len(keys), n_cols, w=w, h=h)
-    return fig, axes, keys, cells
-
-
-def _selections_plot(path: Path, views: list[RunView], colors: dict[str, Any]) -> Path | None:
-    from subsetlab.bench.plots import _by_label, _title
-
-    fig, axes, keys, cells = _panel_grid(views, 1, w=6.0)
-    drawn = False
-    for i, key in enumerate(keys):
-        ax = axes[i][0]
-        runs = cells.get(key, [])
-        for label, vs in _by_label(runs).items():
-            for j, v in enumerate(vs):
-                a = v.analytics
-                S = max(1, int(a.get("steps_per_epoch") or 1))
-                steps = [int(r["step"]) for r in a.get("selections") or []]
-                if not steps:
-                    continue
-                total = int(a.get("total_steps") or steps[-1] + 1)
-                xs = [s / S for s in steps] + [total / S]
-                ys = list(range(1, len(steps) + 1)) + [len(steps)]
-                ax.step(xs, ys, where="post", color=colors[label], lw=1.4, alpha=0.85,
-                        ls="--" if v.is_full else "-", label=f"{label} (n={len(vs)})" if j == 0 else None)
-                drawn = True
-        ax.set_yscale("log")
-        ax.set_title(_title(runs[0], key[1]) if runs else "", fontsize=9)
-        ax.set_xlabel("pseudo-epoch")
-        ax.set_ylabel("selections so far (every seed)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if not drawn:
-        return None
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _series_plot(path: Path, views: list[RunView], colors: dict[str, Any],
-                 series: Sequence[tuple[str, str, str, float]]) -> Path | None:
-    """One column per (table, key, y label, scale); one row per panel; mean over seeds per epoch."""
-    from subsetlab.bench.plots import _by_label, _title
-
-    fig, axes, keys, cells = _panel_grid(views, len(series))
-    drawn = False
-    for i, key in enumerate(keys):
-        runs = cells.get(key, [])
-        for j, (table, field, ylabel, scale) in enumerate(series):
-            ax = axes[i][j]
-            for label, vs in _by_label(runs).items():
-                xs, ys = _seed_mean(vs, table, field, scale)
-                if not xs:
-                    continue
-                ax.plot(xs, ys, "--" if vs[0].is_full else "-", marker="o", ms=3, color=colors[label],
-                        label=f"{label} (n={len(vs)})", lw=1.4)
-                drawn = True
-            ax.set_title(_title(runs[0], key[1]) if runs else "", fontsize=9)
-            ax.set_xlabel("pseudo-epoch")
-            ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    if not drawn:
-        return None
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def make_analytics_plots(
-    source: str | os.PathLike | Iterable[dict[str, Any]] | Sequence[RunView], out_dir: str | os.PathLike
-) -> list[Path]:
-    """Draw the analytics plots (see the module docstring) into ``out_dir``; return the files.
-
-    One row of panels per data set, model, setting and budget, with the full-data run in each;
-    one colour per strategy (the same as in the other plots). Nothing is written when no run
-    has analytics.
-    """
-    from subsetlab.bench.plots import _colors
-
-    views = _views(source)
-    have = _with_analytics(views)
-    if not have:
-        return []
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    colors = _colors(list(dict.fromkeys(v.label for v in views)))
-    written = [
-        _selections_plot(out / ANALYTICS_FILES[0], have, colors),
-        _series_plot(out / ANALYTICS_FILES[1], have, colors, (
-            ("selections", "forget", "forgetting score of selected (mean)", 1.0),
-            ("selections", "loss", "loss of selected (first batch)", 1.0),
-        )),
-        _series_plot(out / ANALYTICS_FILES[2], have, colors, (
-            ("epochs", "coverage", "coverage: % of training set seen", 100.0),
-            ("selections", "class_tv", "class TV distance of selections", 1.0),
-        )),
-    ]
-    return [p for p in written if p is not None]
