@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from subsetlab.config import StrategyConfig
+from subsetlab.config_base import StrategyConfig, validate
 from subsetlab.errors import SelectionError
 
 if TYPE_CHECKING:
@@ -495,8 +495,6 @@ class SelectionStrategy:
         return cls.capabilities
 
     def __init__(self, config: StrategyConfig | None = None, **overrides: Any) -> None:
-        from subsetlab.config import validate
-
         if config is None:
             config = validate(self.Config, {"name": self.name, **overrides}, self.Config.__name__)
         elif overrides:

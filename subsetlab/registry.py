@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
-from subsetlab.config import StrategyConfig, validate
+from subsetlab.config_base import StrategyConfig, validate
+from subsetlab.protocol import SelectionStrategy
 from subsetlab.errors import (
     ConfigError,
     DuplicateNameError,
@@ -191,8 +192,6 @@ _plugins_loaded = False
 
 
 def _check_strategy_class(cls: Any, name: str) -> None:
-    from subsetlab.protocol import SelectionStrategy
-
     if not isinstance(cls, type) or not issubclass(cls, SelectionStrategy):
         raise RegistryError(
             f"Cannot register {cls!r} as {name!r}: a strategy must subclass "
@@ -316,8 +315,6 @@ def _claim(names: set[str], dist: str, version: str) -> set[str]:
 
 def _entry_point_problem(ep_name: str, obj: Any, before: set[str]) -> str | None:
     """Why the class ``obj`` cannot be registered under its entry point's name, or None."""
-    from subsetlab.protocol import SelectionStrategy
-
     if not isinstance(obj, type) or not issubclass(obj, SelectionStrategy):
         return (
             f"the entry point must name a subsetlab.SelectionStrategy subclass (module:Class). "
