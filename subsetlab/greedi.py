@@ -308,17 +308,11 @@ def greedi_facility_location(
         ground set as weights.
     """
     W = dv.world_size
-    local = []
-    for x, ids, k in problems:
-        k_loc = local_budget(k, x.shape[0], W, oversample)
-        if k_loc > 0:
-            r = select_facility_location(
-                x, k_loc, backend=backend, similarity=similarity_kind, optimizer=optimizer, epsilon=epsilon,
-                generator=local_generator, max_bytes=max_bytes,
-            )
-            local.append((r.ranking, r.weights))
-        else:
-            local.append((torch.zeros(0, dtype=torch.long, device=x.device), torch.zeros(0, dtype=x.dtype, device=x.device)))
+    local = [
+        _local_pass(x, local_budget(k, x.shape[0], W, oversample), backend, similarity_kind, optimizer, epsilon,
+                    local_generator, max_bytes)
+        for x, _ids, k in problems
+    ]
     if W == 1:
         out = []
         for (x, ids, _k), (rows, w) in zip(problems, local):
@@ -332,18 +326,8 @@ def greedi_facility_location(
     item = problems[0][0].element_size() if problems else 4
     need = sum(n * d * item for n, d in zip(cand_n, dims)) + max((2 * n * n * item for n in cand_n), default=0)
     check_merge_memory(need, merge_max_bytes, who)
-    from subsetlab.distributed import all_gather_object
-
-    payload = [{"x": x[r].cpu(), "w": w.cpu(), "ids": ids[r].cpu()} for (x, ids, _), (r, w) in zip(problems, local)]
-    parts = all_gather_object(dv, payload)
+    cands = _gather_candidates(dv, problems, local)
     gens = _problem_generators(merge_generator, len(problems))
-    cands = []
-    for p, (x, _, _) in enumerate(problems):
-        cands.append((
-            torch.cat([parts[r][p]["x"] for r in range(W)]).to(x.device),
-            torch.cat([parts[r][p]["w"] for r in range(W)]).to(x.device),
-            torch.cat([parts[r][p]["ids"] for r in range(W)]),
-        ))
     budgets = [min(int(k), totals[p]) for p, (_, _, k) in enumerate(problems)]
 
     def merge(p: int) -> torch.Tensor:
@@ -355,9 +339,57 @@ def greedi_facility_location(
         return res.ranking.cpu()
 
     merged = _spread(dv, len(problems), merge)
-    # GreeDi's last step with the true objective over each problem's whole ground set: every
-    # rank measures its own elements against every candidate set, and the sums are all-reduced
-    exp = similarity_kind == "exp"
+    return _best_of_sets(dv, problems, cands, merged, counts, totals, budgets, cand_n, similarity_kind == "exp")
+
+
+def _local_pass(
+    x: torch.Tensor, k_loc: int, backend: str, similarity_kind: str, optimizer: str, epsilon: float,
+    generator: torch.Generator | None, max_bytes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GreeDi's first pass on this rank's shard: ``(rows, cluster sizes)`` of ``k_loc`` picks."""
+    if k_loc <= 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device), torch.zeros(0, dtype=x.dtype, device=x.device)
+    r = select_facility_location(
+        x, k_loc, backend=backend, similarity=similarity_kind, optimizer=optimizer, epsilon=epsilon,
+        generator=generator, max_bytes=max_bytes,
+    )
+    return r.ranking, r.weights
+
+
+def _gather_candidates(
+    dv: DistView, problems: Sequence[tuple[torch.Tensor, torch.Tensor, int]], local: list[tuple[torch.Tensor, torch.Tensor]]
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every rank's candidates per problem, in rank order: ``(x, weights, ids)``."""
+    from subsetlab.distributed import all_gather_object
+
+    payload = [{"x": x[r].cpu(), "w": w.cpu(), "ids": ids[r].cpu()} for (x, ids, _), (r, w) in zip(problems, local)]
+    parts = all_gather_object(dv, payload)
+    W = dv.world_size
+    return [
+        (
+            torch.cat([parts[r][p]["x"] for r in range(W)]).to(x.device),
+            torch.cat([parts[r][p]["w"] for r in range(W)]).to(x.device),
+            torch.cat([parts[r][p]["ids"] for r in range(W)]),
+        )
+        for p, (x, _, _) in enumerate(problems)
+    ]
+
+
+def _best_of_sets(
+    dv: DistView,
+    problems: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+    cands: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    merged: list[torch.Tensor],
+    counts: list[list[int]],
+    totals: list[int],
+    budgets: list[int],
+    cand_n: list[int],
+    exp: bool,
+) -> list[GreediResult]:
+    """GreeDi's last step with the true objective over each problem's whole ground set: the
+    merge's set or a rank's own, whichever is best. Every rank measures its own elements
+    against every candidate set, and the sums are all-reduced."""
+    W = dv.world_size
     all_sets, flat_sums, flat_counts = [], [], []
     for p, (x, _, _) in enumerate(problems):
         offsets = [0]
