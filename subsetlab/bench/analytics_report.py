@@ -26,8 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from subsetlab.errors import ConfigError
-from subsetlab.bench.runs import ReportRow, RunView, Stat, load_runs, run_views
+from subsetlab.bench.runs import ReportRow, RunView, Stat, load_runs, run_views, write_tables
 
 __all__ = [
     "ANALYTICS_FILES",
@@ -184,17 +183,8 @@ def write_analytics(
     rows = aggregate_analytics(source)
     if not rows:
         return {}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    for fmt in formats:
-        if fmt == "md":
-            p = out / "analytics.md"
-            p.write_text(f"# {title or 'Selection analytics'}\n\n{analytics_markdown(rows)}\n{LEGEND}", encoding="utf-8")
-        elif fmt == "csv":
-            p = out / "analytics.csv"
-            p.write_text(analytics_csv(rows), encoding="utf-8")
-        else:
-            raise ConfigError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
-        written[f"analytics_{fmt}"] = p
-    return written
+    written = write_tables(
+        out_dir, "analytics", formats,
+        lambda: f"# {title or 'Selection analytics'}\n\n{analytics_markdown(rows)}\n{LEGEND}", lambda: analytics_csv(rows),
+    )
+    return {f"analytics_{fmt}": p for fmt, p in written.items()}

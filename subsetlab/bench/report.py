@@ -44,8 +44,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from subsetlab.errors import ConfigError
-from subsetlab.bench.runs import FULL, ReportRow, RunView, Stat, _num, load_runs, run_views  # noqa: F401 - re-exported
+from subsetlab.bench.runs import FULL, ReportRow, RunView, Stat, _num, load_runs, run_views, write_tables  # noqa: F401 - re-exported
 from subsetlab.bench.analytics_report import write_analytics
 
 __all__ = [
@@ -329,19 +328,10 @@ def write_report(
     else:
         records = list(source)
     rows = aggregate(records)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    for fmt in formats:
-        if fmt == "md":
-            p = out / "report.md"
-            p.write_text(f"# {title or 'Results'}\n\n{to_markdown(rows)}\n{legend(rows)}", encoding="utf-8")
-        elif fmt == "csv":
-            p = out / "report.csv"
-            p.write_text(to_csv(rows), encoding="utf-8")
-        else:
-            raise ConfigError(f"Unknown report format {fmt!r}; use 'md' and/or 'csv'.")
-        written[fmt] = p
+    written = write_tables(
+        out_dir, "report", formats,
+        lambda: f"# {title or 'Results'}\n\n{to_markdown(rows)}\n{legend(rows)}", lambda: to_csv(rows),
+    )
     plain = [r for r in records if not r.get("match")]  # time-matched runs are in the report table only
-    written.update(write_analytics(plain, out, formats, title=f"Selection analytics ({title})" if title else None))
+    written.update(write_analytics(plain, out_dir, formats, title=f"Selection analytics ({title})" if title else None))
     return written

@@ -10,13 +10,15 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from subsetlab.errors import ConfigError
 from subsetlab.bench.store import latest_by_key, read_records
 
-__all__ = ["FULL", "ReportRow", "RunView", "Stat", "load_runs", "run_views"]
+__all__ = ["FULL", "ReportRow", "RunView", "Stat", "load_runs", "run_views", "write_tables"]
 
 FULL = "full"
 #: Trainer fields that do not change what is computed (left out of the "setting").
@@ -217,3 +219,23 @@ class ReportRow:
     reference: bool = False
     matched_seeds: dict[str, int] = field(default_factory=dict)
     matched_capped: dict[str, int] = field(default_factory=dict)
+
+
+def write_tables(out_dir: str | os.PathLike, stem: str, formats: Sequence[str], markdown: Callable[[], str],
+                 csv_text: Callable[[], str]) -> dict[str, Path]:
+    """Write ``<stem>.md`` and/or ``<stem>.csv`` into ``out_dir`` (created); return format -> path.
+
+    Raises:
+        ConfigError: a format other than ``"md"`` and ``"csv"``.
+    """
+    bad = [f for f in formats if f not in ("md", "csv")]
+    if bad:
+        raise ConfigError(f"Unknown report format {bad[0]!r}; use 'md' and/or 'csv'.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for fmt in formats:
+        p = out / f"{stem}.{fmt}"
+        p.write_text(markdown() if fmt == "md" else csv_text(), encoding="utf-8")
+        written[fmt] = p
+    return written
