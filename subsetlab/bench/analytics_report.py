@@ -120,20 +120,7 @@ def aggregate_analytics(
         for key, _, _, scale in ANALYTICS_METRICS:
             vals = [v.analytics["summary"].get(key) for v in have]
             stats[key] = Stat.of(x * scale if isinstance(x, (int, float)) else None for x in vals)
-        first = vs[0]
-        rows.append(
-            ReportRow(
-                dataset=first.dataset,
-                model=first.model,
-                setting=first.setting,
-                budget=budget,
-                strategy=label,
-                seeds=len(have),
-                failed=sum(1 for v in vs if v.status != "ok"),
-                stats=stats,
-                reference=all(v.is_full for v in vs),
-            )
-        )
+        rows.append(ReportRow.of_group(vs, budget, label, len(have), stats))
     rows.sort(key=lambda r: (r.dataset, r.model, r.setting, not r.reference, r.budget, order[r.strategy]))
     return rows
 

@@ -49,6 +49,20 @@ def _figure(n_rows: int, n_cols: int, w: float = 5.0, h: float = 3.6) -> tuple[A
     return fig, [list(r) for r in axes]
 
 
+def _finish(ax: Any) -> None:
+    """The grid and legend every panel has."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(fig: Any, path: Path, drawn: bool) -> Path | None:
+    """Write the figure to ``path`` when anything was drawn; the path, or None."""
+    if not drawn:
+        return None
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def _colors(labels: Sequence[str]) -> dict[str, Any]:
     from matplotlib import colormaps
 
@@ -155,12 +169,8 @@ def _curve_plot(path: Path, views: list[RunView], x: str, colors: dict[str, Any]
             ax.set_ylabel("test accuracy %")
             if x == "wall":
                 ax.set_xscale("log")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    if not drawn:
-        return None
-    fig.savefig(path, dpi=110)
-    return path
+            _finish(ax)
+    return _save(fig, path, drawn)
 
 
 def _rel_err_plot(path: Path, views: list[RunView], colors: dict[str, Any]) -> Path | None:
@@ -192,12 +202,8 @@ def _rel_err_plot(path: Path, views: list[RunView], colors: dict[str, Any]) -> P
         ax.set_xlabel("budget (fraction of the data per epoch)")
         ax.set_ylabel("relative error vs full data %")
         ax.set_xticks(budgets[p])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if not drawn:
-        return None
-    fig.savefig(path, dpi=110)
-    return path
+        _finish(ax)
+    return _save(fig, path, drawn)
 
 
 def _time_plot(path: Path, views: list[RunView]) -> Path | None:
@@ -242,10 +248,7 @@ def _time_plot(path: Path, views: list[RunView]) -> Path | None:
         drawn = True
     for idx in range(len(keys), n_rows * n_cols):
         axes[idx // n_cols][idx % n_cols].set_visible(False)
-    if not drawn:
-        return None
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path, drawn)
 
 
 def make_plots(source: str | os.PathLike | Iterable[dict[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
@@ -328,12 +331,8 @@ def _selections_plot(path: Path, views: list[RunView], colors: dict[str, Any]) -
         ax.set_title(_title(runs[0], key[1]) if runs else "", fontsize=9)
         ax.set_xlabel("pseudo-epoch")
         ax.set_ylabel("selections so far (every seed)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if not drawn:
-        return None
-    fig.savefig(path, dpi=110)
-    return path
+        _finish(ax)
+    return _save(fig, path, drawn)
 
 
 def _series_plot(path: Path, views: list[RunView], colors: dict[str, Any],
@@ -355,12 +354,8 @@ def _series_plot(path: Path, views: list[RunView], colors: dict[str, Any],
             ax.set_title(_title(runs[0], key[1]) if runs else "", fontsize=9)
             ax.set_xlabel("pseudo-epoch")
             ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    if not drawn:
-        return None
-    fig.savefig(path, dpi=110)
-    return path
+            _finish(ax)
+    return _save(fig, path, drawn)
 
 
 def make_analytics_plots(

@@ -188,22 +188,9 @@ def aggregate(records: Iterable[dict[str, Any]] | Sequence[RunView]) -> list[Rep
             ]
             cols[f"{mode}_matched_fraction"] = [_num(m.match.get("fraction")) for _, m in mine]
             cols[f"{mode}_matched_ratio"] = [_num(m.match.get("achieved_ratio")) for _, m in mine]
-        first = vs[0]
-        rows.append(
-            ReportRow(
-                dataset=first.dataset,
-                model=first.model,
-                setting=first.setting,
-                budget=budget,
-                strategy=label,
-                seeds=len(ok),
-                failed=sum(1 for v in vs if v.status != "ok"),
-                stats={name: Stat.of(vals) for name, vals in cols.items()},
-                reference=all(v.is_full for v in vs),
-                matched_seeds=seeds_m,
-                matched_capped=capped,
-            )
-        )
+        row = ReportRow.of_group(vs, budget, label, len(ok), {name: Stat.of(vals) for name, vals in cols.items()})
+        row.matched_seeds, row.matched_capped = seeds_m, capped
+        rows.append(row)
     rows.sort(key=lambda r: (r.dataset, r.model, r.setting, not r.reference, r.budget, order[r.strategy]))
     return rows
 

@@ -220,6 +220,23 @@ class ReportRow:
     matched_seeds: dict[str, int] = field(default_factory=dict)
     matched_capped: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def of_group(cls, vs: Sequence[RunView], budget: float, label: str, seeds: int, stats: dict[str, Stat]) -> ReportRow:
+        """The row of the runs ``vs`` of one group (their first run names the data set, model
+        and setting); ``failed`` counts the runs whose latest record failed."""
+        first = vs[0]
+        return cls(
+            dataset=first.dataset,
+            model=first.model,
+            setting=first.setting,
+            budget=budget,
+            strategy=label,
+            seeds=seeds,
+            failed=sum(1 for v in vs if v.status != "ok"),
+            stats=stats,
+            reference=all(v.is_full for v in vs),
+        )
+
 
 def write_tables(out_dir: str | os.PathLike, stem: str, formats: Sequence[str], markdown: Callable[[], str],
                  csv_text: Callable[[], str]) -> dict[str, Path]:
