@@ -232,14 +232,16 @@ def test_validation_check_catches_a_declaration_without_use(register) -> None:
         check_declares_validation_use(name)
 
 
-def test_validation_check_reads_the_instance_capabilities(register) -> None:
-    """A configuration-dependent declaration (GradMatch's ``target``) is read from the instance."""
+def test_validation_check_reads_the_config_dependent_capabilities(register) -> None:
+    """A configuration-dependent declaration (GradMatch's ``target``) comes from
+    ``capabilities_for(config)``, which the trainer, the suite and the kit all read."""
 
-    def __init__(self, config=None, **overrides):
-        Toy.__init__(self, config, **overrides)
-        self.capabilities = Capabilities(needs_validation=True)
+    def capabilities_for(cls, config):
+        return Capabilities(needs_validation=True)
 
-    check_declares_validation_use(register("toy-val-instance", select=_uses_val, __init__=__init__))
+    check_declares_validation_use(
+        register("toy-val-config", select=_uses_val, capabilities_for=classmethod(capabilities_for))
+    )
 
 
 # ----------------------------------------------------------------------------- known failures
