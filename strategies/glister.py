@@ -73,7 +73,6 @@ are 1.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,6 +95,7 @@ from strategies._common import (
 from subsetlab.embeddings import Embeddings
 from subsetlab.protocol import Capabilities, Selection, TrainState
 from subsetlab.registry import register
+from subsetlab.submodular.greedy import PoolSampler, naive_greedy, stochastic_greedy, stochastic_sample_size
 
 __all__ = [
     "GlisterConfig",
@@ -261,6 +261,109 @@ def _round_sizes(k: int, rounds: int) -> list[int]:
     return [k // r + (1 if i < k % r else 0) for i in range(r)]
 
 
+class _TaylorOracle:
+    """Glister's Taylor gains as a :class:`~subsetlab.submodular.oracles.GainOracle`.
+
+    Holds the look-ahead validation logits (class-major, see :func:`_onehot_t`), their
+    gradients, the class quotas left and the picks; :meth:`take` steps the logits on picks.
+    See :func:`glister_greedy` for the arguments.
+    """
+
+    def __init__(
+        self,
+        g: torch.Tensor,
+        z_val: torch.Tensor,
+        y_val: torch.Tensor,
+        k: int,
+        eta: float,
+        h: torch.Tensor | None,
+        h_val: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        quotas: torch.Tensor | None,
+        running: bool,
+    ) -> None:
+        weight = h is not None and h_val is not None
+        self.g, self.h, self.h_val = g, h if weight else None, h_val if weight else None
+        self.labels, self.eta, self.running = labels, eta, running
+        n, dev = g.shape[0], g.device
+        self.avail = torch.ones(n, dtype=torch.bool, device=dev)
+        self.left = None if quotas is None else [int(q) for q in quotas.tolist()]
+        if self.left is not None:
+            k = min(int(k), sum(self.left))
+            for c, q in enumerate(self.left):
+                if q == 0:
+                    self.avail &= labels != c
+        else:
+            k = min(int(k), n)
+        self.k = k
+        self.z = z_val.T.contiguous()
+        self.z0, self.acc, self.picked = self.z, None, 0  # running: z = z0 - eta / picked * acc
+        self.onehot_t = _onehot_t(y_val, self.z)
+        self.val_loss = float(F.cross_entropy(z_val, y_val))
+        self.g_val, self.G_val = _val_grad_t(self.z, self.onehot_t, self.h_val)
+        self.ranking = torch.empty(k, dtype=torch.int64, device=dev)
+        self.chosen_gains = torch.empty(k, dtype=g.dtype, device=dev)
+        self.t = 0
+
+    def begin_step(self, t: int) -> float:
+        return 1.0
+
+    def all_gains(self) -> torch.Tensor:
+        return taylor_gains(self.g, self.h, self.g_val, self.G_val).masked_fill_(~self.avail, float("-inf"))
+
+    def gains(self, idx: torch.Tensor) -> torch.Tensor:
+        return taylor_gains(self.g[idx], self.h[idx] if self.h is not None else None, self.g_val, self.G_val)
+
+    def add(self, j: torch.Tensor, gain: torch.Tensor) -> bool:
+        self.ranking[self.t], self.chosen_gains[self.t] = j, gain
+        self.t += 1
+        return self.take(j.view(1))
+
+    def take(self, picks: torch.Tensor) -> bool:
+        """Step the logits on ``picks``; True when a class's quota just filled up."""
+        h_sel = self.h[picks] if self.h is not None else None
+        if self.running:
+            dz = _dz_t(self.h_val, self.g[picks], h_sel)
+            self.acc = dz if self.acc is None else self.acc + dz
+            self.picked += int(picks.numel())
+            self.z = self.z0 - (self.eta / self.picked) * self.acc
+        else:
+            self.z = _step_t(self.z, self.h_val, self.g[picks], h_sel, self.eta)
+        self.g_val, self.G_val = _val_grad_t(self.z, self.onehot_t, self.h_val)
+        self.avail[picks] = False
+        closed = False
+        if self.left is not None:
+            for c in self.labels[picks].tolist():
+                self.left[c] -= 1
+                if self.left[c] == 0:
+                    self.avail.logical_and_(self.labels != c)
+                    closed = True
+        return closed
+
+    def result(self, y_val: torch.Tensor) -> GlisterResult:
+        z = self.z.T
+        return GlisterResult(self.ranking, self.chosen_gains, z, self.val_loss, float(F.cross_entropy(z, y_val)))
+
+
+def _r_round(oracle: _TaylorOracle, rounds: int) -> None:
+    """CORDS' RGreedy: ``rounds`` rounds, each taking the top gains of its share of ``k``."""
+    t, left = 0, oracle.left
+    for size in _round_sizes(oracle.k, rounds):
+        cand = oracle.avail.nonzero().squeeze(1)
+        gs = oracle.gains(cand)
+        o = torch.argsort(gs, descending=True, stable=True)
+        cand, gs = cand[o], gs[o]
+        if left is not None:  # keep the best candidates that fit their class's quota
+            lab = oracle.labels[cand]
+            rank = torch.cumsum(F.one_hot(lab, len(left)), 0).gather(1, lab.unsqueeze(1)).squeeze(1) - 1
+            ok = rank < torch.tensor(left, device=cand.device)[lab]
+            cand, gs = cand[ok], gs[ok]
+        picks = cand[:size]
+        oracle.ranking[t : t + size], oracle.chosen_gains[t : t + size] = picks, gs[:size]
+        oracle.take(picks)
+        t += size
+
+
 def glister_greedy(
     g: torch.Tensor,
     z_val: torch.Tensor,
@@ -302,98 +405,17 @@ def glister_greedy(
     Returns:
         :class:`GlisterResult`.
     """
-    weight = h is not None and h_val is not None
-    if not weight:
-        h = h_val = None
-    n, dev = g.shape[0], g.device
-    if quotas is not None:
-        left = [int(q) for q in quotas.tolist()]
-        k = min(int(k), sum(left))
-        avail = torch.ones(n, dtype=torch.bool, device=dev)
-        for c, q in enumerate(left):
-            if q == 0:
-                avail &= labels != c
-    else:
-        left = None
-        k = min(int(k), n)
-        avail = torch.ones(n, dtype=torch.bool, device=dev)
-    z = z_val.T.contiguous()  # class-major, see _onehot_t
-    z0, acc, picked = z, None, 0  # running: z = z0 - eta / picked * acc
-    onehot_t = _onehot_t(y_val, z)
-    val_loss = float(F.cross_entropy(z_val, y_val))
-    g_val, G_val = _val_grad_t(z, onehot_t, h_val)
-    ranking = torch.empty(k, dtype=torch.int64, device=dev)
-    gains_out = torch.empty(k, dtype=g.dtype, device=dev)
-
-    def take(picks: torch.Tensor) -> bool:
-        """Step the logits on ``picks``; True when a class's quota just filled up."""
-        nonlocal z, g_val, G_val, acc, picked
-        if running:
-            dz = _dz_t(h_val, g[picks], h[picks] if weight else None)
-            acc = dz if acc is None else acc + dz
-            picked += int(picks.numel())
-            z = z0 - (eta / picked) * acc
-        else:
-            z = _step_t(z, h_val, g[picks], h[picks] if weight else None, eta)
-        g_val, G_val = _val_grad_t(z, onehot_t, h_val)
-        avail[picks] = False
-        closed = False
-        if left is not None:
-            for c in labels[picks].tolist():
-                left[c] -= 1
-                if left[c] == 0:
-                    avail.logical_and_(labels != c)
-                    closed = True
-        return closed
-
+    oracle = _TaylorOracle(g, z_val, y_val, k, eta, h, h_val, labels, quotas, running)
     if optimizer == "r_round":
-        t = 0
-        for size in _round_sizes(k, rounds):
-            cand = avail.nonzero().squeeze(1)
-            gs = taylor_gains(g[cand], h[cand] if weight else None, g_val, G_val)
-            o = torch.argsort(gs, descending=True, stable=True)
-            cand, gs = cand[o], gs[o]
-            if left is not None:  # keep the best candidates that fit their class's quota
-                lab = labels[cand]
-                rank = torch.cumsum(F.one_hot(lab, len(left)), 0).gather(1, lab.unsqueeze(1)).squeeze(1) - 1
-                ok = rank < torch.tensor(left, device=dev)[lab]
-                cand, gs = cand[ok], gs[ok]
-            picks = cand[:size]
-            ranking[t : t + size], gains_out[t : t + size] = picks, gs[:size]
-            take(picks)
-            t += size
+        _r_round(oracle, rounds)
     elif optimizer == "naive":
-        for t in range(k):
-            gs = taylor_gains(g, h, g_val, G_val).masked_fill_(~avail, float("-inf"))
-            j = torch.argmax(gs)
-            ranking[t], gains_out[t] = j, gs[j]
-            take(j.view(1))
+        naive_greedy(oracle, oracle.k)
     else:
         if generator is None:
             raise ValueError("optimizer='stochastic' needs a generator")
-        sample = max(1, math.ceil(n / max(k, 1) * math.log(1.0 / epsilon)))
-        pool = avail.nonzero().squeeze(1)
-        m = pool.shape[0]
-        for t in range(k):
-            if sample < m:
-                r = torch.unique(torch.randint(m, (sample,), generator=generator)).to(dev)
-            else:
-                r = torch.arange(m, device=dev)
-            cand = pool[r]
-            gs = taylor_gains(g[cand], h[cand] if weight else None, g_val, G_val)
-            best = int(torch.argmax(gs))
-            j = cand[best]
-            ranking[t], gains_out[t] = j, gs[best]
-            closed = take(j.view(1))
-            p = int(r[best])
-            pool[p] = pool[m - 1]  # swap-remove the pick from the pool
-            m -= 1
-            if closed:  # a class is full: drop its members
-                pool = pool[:m][avail[pool[:m]]]
-                m = pool.shape[0]
-    z = z.T
-    val_loss_after = float(F.cross_entropy(z, y_val))
-    return GlisterResult(ranking, gains_out, z, val_loss, val_loss_after)
+        size = stochastic_sample_size(g.shape[0], oracle.k, epsilon)
+        stochastic_greedy(oracle, oracle.k, PoolSampler(oracle.avail, size, generator))
+    return oracle.result(y_val)
 
 
 def virtual_step_size(virtual_step: str, lr: float, k: int, batch_size: int | None = None) -> float:
