@@ -30,14 +30,7 @@ atoms (per-example gradients) with non-negative weights whose weighted sum match
 
 from __future__ import annotations
 
-from subsetlab.submodular._base import (
-    DEFAULT_MAX_BYTES,
-    Backend,
-    FLBatchResult,
-    FLResult,
-    Optimizer,
-    SimilarityKind,
-)
+from subsetlab.submodular._base import DEFAULT_MAX_BYTES, Backend, FLBatchResult, FLResult, Optimizer, SimilarityKind
 from subsetlab.submodular.apricot_backend import facility_location_apricot
 from subsetlab.submodular.solvers import (
     facility_location,

@@ -111,6 +111,7 @@ class SubsetSampler:
         self.avail, self.size, self.generator = avail, size, generator
 
     def draw(self) -> torch.Tensor:
+        """The candidates to evaluate this step (indices, increasing)."""
         left = self.avail.nonzero().squeeze(1)
         if self.size >= left.shape[0]:
             return left
@@ -134,6 +135,7 @@ class PoolSampler:
         self.r = self.pool[:0]  # positions in the pool of the last draw
 
     def draw(self) -> torch.Tensor:
+        """The candidates to evaluate this step (in pool order)."""
         dev = self.pool.device
         if self.size < self.m:
             self.r = torch.unique(torch.randint(self.m, (self.size,), generator=self.generator)).to(dev)

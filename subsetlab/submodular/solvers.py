@@ -53,6 +53,26 @@ __all__ = [
 ]
 
 
+def _check_greedy_args(
+    k: int,
+    kind: str | None,
+    optimizer: str,
+    epsilon: float,
+    generator: torch.Generator | None,
+    max_bytes: int,
+) -> int:
+    """Check the arguments of the torch greedy solvers, in order; returns ``k`` as an int."""
+    k = _check_k(k)
+    if kind is not None:
+        _check_kind(kind)
+    _check_optimizer(optimizer)
+    _check_max_bytes(max_bytes)
+    if optimizer == "stochastic":
+        _check_epsilon(epsilon)
+        _need_generator(generator)
+    return k
+
+
 def _greedy(
     rows: _DenseRows,
     k: int,
@@ -130,12 +150,7 @@ def facility_location(
         DataError: ``sim`` not square, not finite or negative; ``ground_weights`` not ``[n]``,
             not finite or not positive.
     """
-    k = _check_k(k)
-    _check_optimizer(optimizer)
-    _check_max_bytes(max_bytes)
-    if optimizer == "stochastic":
-        _check_epsilon(epsilon)
-        _need_generator(generator)
+    k = _check_greedy_args(k, None, optimizer, epsilon, generator, max_bytes)
     sim = _check_sim(sim, 2)
     c = _candidate_major(sim)
     w = None
@@ -195,13 +210,7 @@ def facility_location_embeddings(
         ConfigError: bad ``k``, ``similarity``, ``optimizer``, ``epsilon`` or ``max_bytes``.
         DataError: ``x`` not 2-D or not finite.
     """
-    k = _check_k(k)
-    _check_kind(similarity)
-    _check_optimizer(optimizer)
-    _check_max_bytes(max_bytes)
-    if optimizer == "stochastic":
-        _check_epsilon(epsilon)
-        _need_generator(generator)
+    k = _check_greedy_args(k, similarity, optimizer, epsilon, generator, max_bytes)
     x = _check_embeddings(x, 2)
     n = x.shape[0]
     itemsize = x.element_size()
