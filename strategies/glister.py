@@ -274,6 +274,25 @@ class GlisterStrategy(BaselineStrategy):
         with ctx.meters.timer("selection"):
             return glister_selection(emb, val, ctx.budget.subset_size, state.lr, cfg, ctx.generator, self.plan_batch_size())
 
+    def _gather_val(self, weight: bool, dev: torch.device) -> Embeddings:
+        """This rank's share of the validation embeddings (every ``W``-th example), gathered
+        from all ranks onto ``dev``: the whole validation set, for every rank's greedy."""
+        from subsetlab.distributed import all_gather_object
+
+        ctx = self.ctx
+        part = embed(ctx, "val", kind="bias", features=weight, logits=True, who=self.name, indices=val_rows(ctx))
+        shares = all_gather_object(
+            ctx.dist, {"logits": part.logits.cpu(), "labels": part.labels.cpu(),
+                       "features": part.features.cpu() if weight else None}
+        )
+        return Embeddings(
+            grads=torch.zeros(0), losses=torch.zeros(0), preds=torch.zeros(0, dtype=torch.long),
+            labels=torch.cat([p["labels"] for p in shares]).to(dev),
+            indices=torch.zeros(0, dtype=torch.long),
+            features=torch.cat([p["features"] for p in shares]).to(dev) if weight else None,
+            logits=torch.cat([p["logits"] for p in shares]).to(dev),
+        )
+
     def _select_greedi(self, state: TrainState) -> Selection:
         """GreeDi: the greedy on this rank's shard, then over the union of the ranks' picks.
 
@@ -285,7 +304,6 @@ class GlisterStrategy(BaselineStrategy):
         merged and the (complete) shard solutions has the lowest look-ahead validation loss,
         the objective every one of them was measured with.
         """
-        from subsetlab.distributed import all_gather_object
         from subsetlab.greedi import agree, gather_candidates, local_budget, merge_bytes
 
         ctx, cfg = self.ctx, self.config
@@ -293,19 +311,8 @@ class GlisterStrategy(BaselineStrategy):
         weight = cfg.embedding == "bias_weight"
         rnd = greedi_round(ctx, self.name, state.step)
         emb = embed(ctx, kind="bias", features=weight, who=self.name, indices=shard_rows(ctx, rnd.shard))
-        part = embed(ctx, "val", kind="bias", features=weight, logits=True, who=self.name, indices=val_rows(ctx))
-        shares = all_gather_object(
-            dv, {"logits": part.logits.cpu(), "labels": part.labels.cpu(),
-                 "features": part.features.cpu() if weight else None}
-        )
         dev = emb.grads.device
-        val = Embeddings(
-            grads=torch.zeros(0), losses=torch.zeros(0), preds=torch.zeros(0, dtype=torch.long),
-            labels=torch.cat([p["labels"] for p in shares]).to(dev),
-            indices=torch.zeros(0, dtype=torch.long),
-            features=torch.cat([p["features"] for p in shares]).to(dev) if weight else None,
-            logits=torch.cat([p["logits"] for p in shares]).to(dev),
-        )
+        val = self._gather_val(weight, dev)
         with ctx.meters.timer("selection"):
             labels_all = ctx.train.labels.cpu()
             num_classes = emb.grads.shape[1]
