@@ -168,15 +168,19 @@ class _TaylorOracle:
         self.t = 0
 
     def begin_step(self, t: int) -> float:
+        """Nothing to do: 1.0 (Taylor gains are not submodular; no lazy greedy here)."""
         return 1.0
 
     def all_gains(self) -> torch.Tensor:
+        """Taylor gains of every candidate at the current look-ahead; ``-inf`` if unavailable."""
         return taylor_gains(self.g, self.h, self.g_val, self.G_val).masked_fill_(~self.avail, float("-inf"))
 
     def gains(self, idx: torch.Tensor) -> torch.Tensor:
+        """Taylor gains of the candidates ``idx``."""
         return taylor_gains(self.g[idx], self.h[idx] if self.h is not None else None, self.g_val, self.G_val)
 
     def add(self, j: torch.Tensor, gain: torch.Tensor) -> bool:
+        """Record pick ``j`` (a 0-d tensor) and step the logits on it (see :meth:`take`)."""
         self.ranking[self.t], self.chosen_gains[self.t] = j, gain
         self.t += 1
         return self.take(j.view(1))
@@ -203,6 +207,7 @@ class _TaylorOracle:
         return closed
 
     def result(self, y_val: torch.Tensor) -> GlisterResult:
+        """The :class:`GlisterResult` of the picks so far."""
         z = self.z.T
         return GlisterResult(self.ranking, self.chosen_gains, z, self.val_loss, float(F.cross_entropy(z, y_val)))
 

@@ -26,6 +26,12 @@ Conventions shared by every function here:
 
 Non-negative orthogonal matching pursuit (:func:`nn_omp`) solves GradMatch's problem: a few
 atoms (per-example gradients) with non-negative weights whose weighted sum matches a target.
+
+Every public name is importable from here. Inside: ``similarities`` (distances and
+similarities), ``oracles`` (the gain-oracle protocol and facility location's oracles),
+``greedy`` (naive, lazy and stochastic greedy, each written once over a gain oracle; Glister
+uses them too), ``solvers`` (the public FL entry points and their dispatch),
+``apricot_backend`` and ``omp``.
 """
 
 from __future__ import annotations

@@ -329,6 +329,8 @@ class FLOracle:
         return not r.sparse
 
     def all_gains(self) -> torch.Tensor:
+        """float64 gains ``sum_i relu(sim[i, c] - cur[i])`` of every candidate ``c`` (``-inf``
+        once chosen), chunked over candidates."""
         if self.rows.sparse:
             g = self.rows.all_gains(self.cur)
         else:
@@ -336,6 +338,7 @@ class FLOracle:
         return g.masked_fill_(~self.avail, float("-inf"))
 
     def gains(self, idx: torch.Tensor) -> torch.Tensor:
+        """float64 gains of the candidates ``idx`` (bit for bit those of :meth:`all_gains`)."""
         if self.rows.sparse:
             return self.rows.gains(idx, self.cur)
         return _dense_gains(self.rows, idx, self.cur, self.chunk)
@@ -393,13 +396,17 @@ class BatchedFLOracle:
         self.t = 0
 
     def begin_step(self, t: int) -> float:
+        """Nothing to do: 1.0."""
         return 1.0
 
     def all_gains(self) -> torch.Tensor:
+        """``[P, n]`` float64 gains of every candidate of every problem (``-inf`` where not
+        available: chosen or padding)."""
         g = (self.c - self.cur.unsqueeze(1)).clamp_(min=0.0).sum(2, dtype=torch.float64)
         return g.masked_fill_(~self.avail, float("-inf"))
 
     def gains(self, idx: torch.Tensor) -> torch.Tensor:
+        """Not provided (naive greedy only): raises NotImplementedError."""
         raise NotImplementedError("BatchedFLOracle supports naive greedy only (all_gains).")
 
     def add(self, j: torch.Tensor | int, gain: torch.Tensor) -> bool:
