@@ -73,13 +73,10 @@ are 1.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
-from torch.nn import functional as F
 
 from strategies._common import (
     FREQUENT_SELECT_EVERY_FRACTION,
@@ -93,6 +90,7 @@ from strategies._common import (
     shard_rows,
     val_rows,
 )
+from strategies._glister_greedy import GlisterResult, glister_greedy, step_logits, taylor_gains, validation_gradient
 from subsetlab.embeddings import Embeddings
 from subsetlab.protocol import Capabilities, Selection, TrainState
 
@@ -152,247 +150,6 @@ class GlisterConfig(BaselineConfig):
         selection time.
         """
         return FREQUENT_SELECT_EVERY_FRACTION
-
-
-# ----------------------------------------------------------------------------------------------
-# the pieces of the greedy (also used by the tests against autograd)
-
-
-def validation_gradient(
-    z_val: torch.Tensor, y_val: torch.Tensor, h_val: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gradient of the mean validation cross-entropy w.r.t. the last layer's bias and weight.
-
-    Args:
-        z_val: ``[n_val, C]`` logits.
-        y_val: ``[n_val]`` labels.
-        h_val: ``[n_val, D]`` features; None for the bias gradient only.
-
-    Returns:
-        ``(g_val [C], G_val [C, D] or None)``.
-    """
-    zt = z_val.T.contiguous()
-    return _val_grad_t(zt, _onehot_t(y_val, zt), h_val)
-
-
-def taylor_gains(
-    g: torch.Tensor, h: torch.Tensor | None, g_val: torch.Tensor, G_val: torch.Tensor | None
-) -> torch.Tensor:
-    """First-order decrease of the validation loss per unit step size, for each candidate.
-
-    ``g @ g_val``, plus ``sum_cd g[i, c] G_val[c, d] h[i, d]`` when ``G_val`` is given.
-    """
-    gains = g @ g_val
-    if G_val is not None:
-        gains = gains + ((g @ G_val) * h).sum(1)
-    return gains
-
-
-def step_logits(
-    z_val: torch.Tensor,
-    h_val: torch.Tensor | None,
-    g_sel: torch.Tensor,
-    h_sel: torch.Tensor | None,
-    eta: float,
-) -> torch.Tensor:
-    """Validation logits after one last-layer SGD step of size ``eta`` on the summed loss of
-    the selected rows: ``z_v - eta * sum_j g_j (h_j . h_v + 1)`` (``- eta * sum_j g_j`` for the
-    bias only, when ``h_val`` is None)."""
-    return _step_t(z_val.T.contiguous(), h_val, g_sel, h_sel, eta).T
-
-
-# The greedy keeps the validation logits class-major, [C, n_val]: softmax over a short last
-# dimension (C = 10) is ~15x slower on CPU than over the long one.
-
-
-def _onehot_t(y_val: torch.Tensor, zt: torch.Tensor) -> torch.Tensor:
-    """``onehot(y_val).T``, ``[C, n_val]`` in ``zt``'s dtype."""
-    return F.one_hot(y_val, zt.shape[0]).T.to(zt.dtype)
-
-
-def _val_grad_t(
-    zt: torch.Tensor, onehot_t: torch.Tensor, h_val: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    n = zt.shape[1]
-    r = torch.softmax(zt, dim=0).sub_(onehot_t)  # [C, n_val]: per-example gradients
-    return r.sum(1).div_(n), (r @ h_val).div_(n) if h_val is not None else None
-
-
-def _dz_t(h_val: torch.Tensor | None, g_sel: torch.Tensor, h_sel: torch.Tensor | None) -> torch.Tensor:
-    """``[C, n_val]`` (``[C, 1]`` for the bias only): logit change per unit step on the rows."""
-    dz = g_sel.sum(0).unsqueeze(1)  # bias part, the same for every validation example
-    if h_val is not None:
-        dz = dz + g_sel.T @ (h_sel @ h_val.T)  # weight part: sum_j g_j (h_j . h_v)
-    return dz
-
-
-def _step_t(
-    zt: torch.Tensor, h_val: torch.Tensor | None, g_sel: torch.Tensor, h_sel: torch.Tensor | None, eta: float
-) -> torch.Tensor:
-    return zt - eta * _dz_t(h_val, g_sel, h_sel)
-
-
-# ----------------------------------------------------------------------------------------------
-# the greedy
-
-
-@dataclass
-class GlisterResult:
-    """Result of :func:`glister_greedy`.
-
-    Attributes:
-        ranking: ``[k]`` chosen rows, in the order they were chosen.
-        gains: ``[k]`` each pick's Taylor gain when it was chosen.
-        z_val: Validation logits after the virtual step on the whole chosen set.
-        val_loss: Mean validation loss before the step.
-        val_loss_after: Mean validation loss at ``z_val``.
-    """
-
-    ranking: torch.Tensor
-    gains: torch.Tensor
-    z_val: torch.Tensor
-    val_loss: float
-    val_loss_after: float
-
-
-def _round_sizes(k: int, rounds: int) -> list[int]:
-    r = max(1, min(rounds, k))
-    return [k // r + (1 if i < k % r else 0) for i in range(r)]
-
-
-def glister_greedy(
-    g: torch.Tensor,
-    z_val: torch.Tensor,
-    y_val: torch.Tensor,
-    k: int,
-    eta: float,
-    h: torch.Tensor | None = None,
-    h_val: torch.Tensor | None = None,
-    optimizer: str = "stochastic",
-    epsilon: float = 0.01,
-    rounds: int = 15,
-    generator: torch.Generator | None = None,
-    labels: torch.Tensor | None = None,
-    quotas: torch.Tensor | None = None,
-    running: bool = False,
-) -> GlisterResult:
-    """Greedy Glister selection of ``k`` rows with Taylor gains and exact logit updates.
-
-    Args:
-        g: ``[n, C]`` bias gradients of the candidates.
-        z_val: ``[n_val, C]`` validation logits (not modified).
-        y_val: ``[n_val]`` validation labels.
-        k: Number of rows to choose (clipped to n, or to ``quotas.sum()``).
-        eta: Step size of the virtual SGD step.
-        h: ``[n, D]`` candidate features; with ``h_val``, the weight is stepped too.
-        h_val: ``[n_val, D]`` validation features.
-        optimizer: ``"stochastic"``, ``"naive"`` or ``"r_round"``.
-        epsilon: Stochastic greedy's accuracy parameter.
-        rounds: Rounds of ``"r_round"``.
-        generator: CPU generator (required for ``"stochastic"``).
-        labels: ``[n]`` candidate classes (required with ``quotas``).
-        quotas: ``[C]`` per-class numbers of picks (CPU int); a class leaves the pool when
-            its quota is filled.
-        running: False: every pick steps the logits by ``eta`` on its own loss (the look-ahead
-            is a step of ``eta`` on the summed loss). True: after ``t`` picks the look-ahead
-            is one step of ``eta`` on the *mean* loss of the ``t`` rows
-            (``virtual_step="running_mean"``).
-
-    Returns:
-        :class:`GlisterResult`.
-    """
-    weight = h is not None and h_val is not None
-    if not weight:
-        h = h_val = None
-    n, dev = g.shape[0], g.device
-    if quotas is not None:
-        left = [int(q) for q in quotas.tolist()]
-        k = min(int(k), sum(left))
-        avail = torch.ones(n, dtype=torch.bool, device=dev)
-        for c, q in enumerate(left):
-            if q == 0:
-                avail &= labels != c
-    else:
-        left = None
-        k = min(int(k), n)
-        avail = torch.ones(n, dtype=torch.bool, device=dev)
-    z = z_val.T.contiguous()  # class-major, see _onehot_t
-    z0, acc, picked = z, None, 0  # running: z = z0 - eta / picked * acc
-    onehot_t = _onehot_t(y_val, z)
-    val_loss = float(F.cross_entropy(z_val, y_val))
-    g_val, G_val = _val_grad_t(z, onehot_t, h_val)
-    ranking = torch.empty(k, dtype=torch.int64, device=dev)
-    gains_out = torch.empty(k, dtype=g.dtype, device=dev)
-
-    def take(picks: torch.Tensor) -> bool:
-        """Step the logits on ``picks``; True when a class's quota just filled up."""
-        nonlocal z, g_val, G_val, acc, picked
-        if running:
-            dz = _dz_t(h_val, g[picks], h[picks] if weight else None)
-            acc = dz if acc is None else acc + dz
-            picked += int(picks.numel())
-            z = z0 - (eta / picked) * acc
-        else:
-            z = _step_t(z, h_val, g[picks], h[picks] if weight else None, eta)
-        g_val, G_val = _val_grad_t(z, onehot_t, h_val)
-        avail[picks] = False
-        closed = False
-        if left is not None:
-            for c in labels[picks].tolist():
-                left[c] -= 1
-                if left[c] == 0:
-                    avail.logical_and_(labels != c)
-                    closed = True
-        return closed
-
-    if optimizer == "r_round":
-        t = 0
-        for size in _round_sizes(k, rounds):
-            cand = avail.nonzero().squeeze(1)
-            gs = taylor_gains(g[cand], h[cand] if weight else None, g_val, G_val)
-            o = torch.argsort(gs, descending=True, stable=True)
-            cand, gs = cand[o], gs[o]
-            if left is not None:  # keep the best candidates that fit their class's quota
-                lab = labels[cand]
-                rank = torch.cumsum(F.one_hot(lab, len(left)), 0).gather(1, lab.unsqueeze(1)).squeeze(1) - 1
-                ok = rank < torch.tensor(left, device=dev)[lab]
-                cand, gs = cand[ok], gs[ok]
-            picks = cand[:size]
-            ranking[t : t + size], gains_out[t : t + size] = picks, gs[:size]
-            take(picks)
-            t += size
-    elif optimizer == "naive":
-        for t in range(k):
-            gs = taylor_gains(g, h, g_val, G_val).masked_fill_(~avail, float("-inf"))
-            j = torch.argmax(gs)
-            ranking[t], gains_out[t] = j, gs[j]
-            take(j.view(1))
-    else:
-        if generator is None:
-            raise ValueError("optimizer='stochastic' needs a generator")
-        sample = max(1, math.ceil(n / max(k, 1) * math.log(1.0 / epsilon)))
-        pool = avail.nonzero().squeeze(1)
-        m = pool.shape[0]
-        for t in range(k):
-            if sample < m:
-                r = torch.unique(torch.randint(m, (sample,), generator=generator)).to(dev)
-            else:
-                r = torch.arange(m, device=dev)
-            cand = pool[r]
-            gs = taylor_gains(g[cand], h[cand] if weight else None, g_val, G_val)
-            best = int(torch.argmax(gs))
-            j = cand[best]
-            ranking[t], gains_out[t] = j, gs[best]
-            closed = take(j.view(1))
-            p = int(r[best])
-            pool[p] = pool[m - 1]  # swap-remove the pick from the pool
-            m -= 1
-            if closed:  # a class is full: drop its members
-                pool = pool[:m][avail[pool[:m]]]
-                m = pool.shape[0]
-    z = z.T
-    val_loss_after = float(F.cross_entropy(z, y_val))
-    return GlisterResult(ranking, gains_out, z, val_loss, val_loss_after)
 
 
 def virtual_step_size(virtual_step: str, lr: float, k: int, batch_size: int | None = None) -> float:
@@ -515,6 +272,25 @@ class GlisterStrategy(BaselineStrategy):
         with ctx.meters.timer("selection"):
             return glister_selection(emb, val, ctx.budget.subset_size, state.lr, cfg, ctx.generator, self.plan_batch_size())
 
+    def _gather_val(self, weight: bool, dev: torch.device) -> Embeddings:
+        """This rank's share of the validation embeddings (every ``W``-th example), gathered
+        from all ranks onto ``dev``: the whole validation set, for every rank's greedy."""
+        from subsetlab.distributed import all_gather_object
+
+        ctx = self.ctx
+        part = embed(ctx, "val", kind="bias", features=weight, logits=True, who=self.name, indices=val_rows(ctx))
+        shares = all_gather_object(
+            ctx.dist, {"logits": part.logits.cpu(), "labels": part.labels.cpu(),
+                       "features": part.features.cpu() if weight else None}
+        )
+        return Embeddings(
+            grads=torch.zeros(0), losses=torch.zeros(0), preds=torch.zeros(0, dtype=torch.long),
+            labels=torch.cat([p["labels"] for p in shares]).to(dev),
+            indices=torch.zeros(0, dtype=torch.long),
+            features=torch.cat([p["features"] for p in shares]).to(dev) if weight else None,
+            logits=torch.cat([p["logits"] for p in shares]).to(dev),
+        )
+
     def _select_greedi(self, state: TrainState) -> Selection:
         """GreeDi: the greedy on this rank's shard, then over the union of the ranks' picks.
 
@@ -526,7 +302,6 @@ class GlisterStrategy(BaselineStrategy):
         merged and the (complete) shard solutions has the lowest look-ahead validation loss,
         the objective every one of them was measured with.
         """
-        from subsetlab.distributed import all_gather_object
         from subsetlab.greedi import agree, gather_candidates, local_budget, merge_bytes
 
         ctx, cfg = self.ctx, self.config
@@ -534,19 +309,8 @@ class GlisterStrategy(BaselineStrategy):
         weight = cfg.embedding == "bias_weight"
         rnd = greedi_round(ctx, self.name, state.step)
         emb = embed(ctx, kind="bias", features=weight, who=self.name, indices=shard_rows(ctx, rnd.shard))
-        part = embed(ctx, "val", kind="bias", features=weight, logits=True, who=self.name, indices=val_rows(ctx))
-        shares = all_gather_object(
-            dv, {"logits": part.logits.cpu(), "labels": part.labels.cpu(),
-                 "features": part.features.cpu() if weight else None}
-        )
         dev = emb.grads.device
-        val = Embeddings(
-            grads=torch.zeros(0), losses=torch.zeros(0), preds=torch.zeros(0, dtype=torch.long),
-            labels=torch.cat([p["labels"] for p in shares]).to(dev),
-            indices=torch.zeros(0, dtype=torch.long),
-            features=torch.cat([p["features"] for p in shares]).to(dev) if weight else None,
-            logits=torch.cat([p["logits"] for p in shares]).to(dev),
-        )
+        val = self._gather_val(weight, dev)
         with ctx.meters.timer("selection"):
             labels_all = ctx.train.labels.cpu()
             num_classes = emb.grads.shape[1]

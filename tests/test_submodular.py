@@ -464,10 +464,10 @@ def test_errors_name_the_problem():
 
 @pytest.fixture
 def force_pruning(monkeypatch):
-    import subsetlab.submodular as sm
+    from subsetlab.submodular import oracles
 
-    monkeypatch.setattr(sm, "_SPARSE_MIN_N", 1)
-    monkeypatch.setattr(sm, "_SPARSE_CHUNK", 64)  # several groups per sparse evaluation
+    monkeypatch.setattr(oracles, "_SPARSE_MIN_N", 1)
+    monkeypatch.setattr(oracles, "_SPARSE_CHUNK", 64)  # several groups per sparse evaluation
 
 
 @pytest.mark.parametrize("kind", ["max_minus_dist", "exp"])
