@@ -2,7 +2,11 @@
 
 The trainer owns the budget, the weighted loss, the optimiser, the LR schedule, evaluation,
 timing, checkpoints and failure handling; a strategy only answers ``should_select`` and
-``select`` (see :mod:`subsetlab.protocol`).
+``select`` (see :mod:`subsetlab.protocol`). :meth:`Trainer.fit` checks its inputs and runs the
+algorithm; the parts it calls live in modules of their own: the run's steps and state in
+:mod:`subsetlab.loop`, the strategy's hooks and the observers in :mod:`subsetlab.hooks`,
+checkpoints in :mod:`subsetlab.checkpoint`, timing in :mod:`subsetlab.timing` and the batch
+order in :mod:`subsetlab.batches`.
 """
 
 from __future__ import annotations
