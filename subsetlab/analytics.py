@@ -1,8 +1,8 @@
 """Selection analytics: what a strategy selects, when, and how hard it is to learn.
 
 Recorded cheaply during training by :class:`SelectionAnalytics`, which the
-:class:`~subsetlab.trainer.Trainer` calls at every selection and after every step (see
-``TrainerConfig.analytics``). The arithmetic lives in small pure functions, tested on
+:class:`~subsetlab.trainer.Trainer` calls at every selection and after every step through
+:class:`AnalyticsObserver` (see ``TrainerConfig.analytics``). The arithmetic lives in small pure functions, tested on
 hand-made cases:
 
 - forgetting events (Toneva et al., 2019; the CREST paper's learning-difficulty measure): an
@@ -33,14 +33,19 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch.nn import functional as F
 
+from subsetlab.distributed import all_gather_cat
+from subsetlab.protocol import StepInfo
+
 if TYPE_CHECKING:
     from torch import nn
 
     from subsetlab.data.base import IndexedDataset
-    from subsetlab.protocol import Budget, Selection, StepInfo
+    from subsetlab.protocol import Budget, DistView, Selection
+    from subsetlab.trainer import RunResult
 
 __all__ = [
     "AnalyticsMode",
+    "AnalyticsObserver",
     "ForgettingCounter",
     "SelectionAnalytics",
     "class_balance",
@@ -489,6 +494,71 @@ class SelectionAnalytics:
             model.train(was)
         self.forward_examples += int(idx.numel())
         return total / max(1, int(idx.numel()))
+
+
+class AnalyticsObserver:
+    """Drives :class:`SelectionAnalytics` from the training loop (a :class:`~subsetlab.hooks.LoopObserver`).
+
+    Every rank of a distributed run has one: the step's rows are joined over the ranks (a
+    collective), and rank 0's analytics record them. Its calls are timed as ``analytics``.
+
+    Args:
+        analytics: The analytics to record into; None on the ranks that do not record.
+        dist: The distributed view.
+    """
+
+    name = "analytics"
+
+    def __init__(self, analytics: SelectionAnalytics | None, dist: DistView) -> None:
+        self.analytics = analytics
+        self.dist = dist
+
+    def on_selection(self, step: int, selection: Selection, extended: bool) -> None:
+        """Record a new selection, or the growth of the current one."""
+        if self.analytics is None:
+            return
+        if extended:
+            self.analytics.on_extend(step, selection)
+        else:
+            self.analytics.on_selection(step, selection)
+
+    def on_step(self, step: int, info: StepInfo) -> None:
+        """Record the batch every rank trained at step ``step`` (a collective when distributed)."""
+        merged = _union_step(self.dist, info)
+        if self.analytics is not None:
+            self.analytics.on_step(step, merged)
+
+    def finish(self, result: RunResult) -> None:
+        """Set ``result.analytics`` (and, in ``"full"`` mode, ``work["analytics_forward_examples"]``)."""
+        if self.analytics is None:
+            return
+        result.analytics = self.analytics.summary()
+        if self.analytics.mode == "full":
+            result.work["analytics_forward_examples"] = self.analytics.forward_examples
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The analytics' checkpointable state (None on a rank that does not record)."""
+        return None if self.analytics is None else self.analytics.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if self.analytics is not None:
+            self.analytics.load_state_dict(state)
+
+
+def _union_step(dv: DistView, info: StepInfo) -> StepInfo:
+    """The step as the union of every rank's rows (a collective in a distributed run)."""
+    if dv.world_size == 1:
+        return info
+    dev = info.losses.device
+    packed = torch.stack(
+        [info.indices.double().cpu(), info.weights.double().cpu(), info.losses.double().cpu(), info.correct.double().cpu()], 1
+    )
+    rows = all_gather_cat(dv, packed)
+    loss = float(dv.all_reduce(torch.tensor([info.loss], dtype=torch.float64), "mean"))
+    return StepInfo(
+        rows[:, 0].long().to(dev), rows[:, 1].float().to(dev), rows[:, 2].float().to(dev), rows[:, 3].bool().to(dev), loss
+    )
 
 
 def _finite(v: Any) -> Any:

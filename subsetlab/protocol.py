@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -61,6 +60,7 @@ from torch import nn
 
 from subsetlab.config_base import StrategyConfig, validate
 from subsetlab.errors import SelectionError
+from subsetlab.timing import Lap
 
 if TYPE_CHECKING:
     from subsetlab.data.base import IndexedDataset
@@ -338,13 +338,12 @@ class WorkMeters:
     @contextlib.contextmanager
     def timer(self, name: str) -> Iterator[None]:
         """Accumulate the wall seconds of the block under ``name`` (device-synchronised)."""
-        _sync(self._device)
-        t0 = time.perf_counter()
+        lap = Lap(self._device)
         try:
-            yield
+            with lap:
+                yield
         finally:
-            _sync(self._device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self.seconds[name] = self.seconds.get(name, 0.0) + lap.seconds
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def record(self, name: str, step: int, value: float) -> None:
@@ -370,11 +369,6 @@ class WorkMeters:
         self.seconds = dict(state["seconds"])
         self.counts = dict(state["counts"])
         self.series = {k: [(int(a), float(b)) for a, b in v] for k, v in state["series"].items()}
-
-
-def _sync(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass(frozen=True)
