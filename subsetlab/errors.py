@@ -19,6 +19,7 @@ __all__ = [
     "MissingDataError",
     "SelectionError",
     "TrainingDiverged",
+    "RunTimeout",
     "StrategyFailure",
     "CheckpointError",
     "MissingDependencyError",
@@ -88,6 +89,10 @@ class TrainingDiverged(SubsetlabError, ArithmeticError):
     def __init__(self, message: str, step: int) -> None:
         super().__init__(message)
         self.step = step
+
+
+class RunTimeout(SubsetlabError, TimeoutError):
+    """A run exceeded ``TrainerConfig.max_seconds``."""
 
 
 class StrategyFailure(SubsetlabError, RuntimeError):

@@ -25,7 +25,7 @@ from subsetlab.config import TrainerConfig
 from subsetlab.data.base import DataSplits, IndexedDataset
 from subsetlab.distributed import all_gather_cat
 from subsetlab.embeddings import GradientEmbedder
-from subsetlab.errors import SelectionError, SubsetlabError, TrainingDiverged
+from subsetlab.errors import RunTimeout, SelectionError, TrainingDiverged
 from subsetlab.hooks import LoopObserver, StrategyHooks
 from subsetlab.protocol import Budget, DistView, Selection, SelectionContext, SelectionStrategy, StepInfo, TrainState, WorkMeters
 from subsetlab.schedule import lr_at
@@ -44,10 +44,6 @@ __all__ = [
 
 #: Datasets smaller than this are copied to the accelerator once instead of per batch.
 DEVICE_DATA_LIMIT = 2 * 1024**3
-
-
-class RunTimeout(SubsetlabError, TimeoutError):
-    """A run exceeded ``TrainerConfig.max_seconds``."""
 
 
 def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
