@@ -20,7 +20,7 @@ setup() {
   if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     echo "dev.sh: installing $TORCH_SPEC (CPU wheel) into $VENV" >&2
     "$PY" -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "is ignored" >&2 || true
-    "$PY" -c "import torch" || { echo "dev.sh: torch failed to install" >&2; exit 1; }
+    "$PY" -W ignore -c "import torch" || { echo "dev.sh: torch failed to install" >&2; exit 1; }
   fi
   local stamp="$VENV/.subsetlab-$extras-$(cksum < pyproject.toml | cut -d' ' -f1)"
   if [ ! -f "$stamp" ]; then
