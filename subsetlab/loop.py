@@ -388,7 +388,8 @@ class Loop:
             logits = self.net(x)
             losses = F.cross_entropy(logits.float(), y, reduction="none")
             loss = weighted_loss(losses, w)
-            value = self._check_loss(loss)
+            local = float(loss.detach())
+            value = self._check_loss(loss, local)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.hooks.after_backward:
@@ -399,15 +400,13 @@ class Loop:
             state.counters["steps"] += 1
             state.loss_sum += value
             state.loss_n += 1
-        info = StepInfo(idx.to(device), w, losses.detach(), logits.detach().argmax(1) == y, float(loss.detach()))
+        info = StepInfo(idx.to(device), w, losses.detach(), logits.detach().argmax(1) == y, local)
         return info, value
 
-    def _check_loss(self, loss: torch.Tensor) -> float:
+    def _check_loss(self, loss: torch.Tensor, local: float) -> float:
+        """The step's loss (``local`` on one process, the ranks' mean otherwise), checked finite."""
         # every rank must see the same value to take the same branch (no hang)
-        if self.dist.world_size > 1:
-            value = float(self.dist.all_reduce(loss.detach().double().reshape(1), "mean"))
-        else:
-            value = float(loss.detach())
+        value = float(self.dist.all_reduce(loss.detach().double().reshape(1), "mean")) if self.dist.world_size > 1 else local
         if not math.isfinite(value):
             view = self.state.view
             raise TrainingDiverged(

@@ -58,6 +58,8 @@ class StrategyEntry(FrozenConfig):
     @model_validator(mode="before")
     @classmethod
     def _from_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("config"), StrategyConfig):
+            return data  # already resolved (by _entry_fields): no second registry lookup
         if isinstance(data, (str, StrategyConfig, Mapping)):
             return _entry_fields(data)
         return data
